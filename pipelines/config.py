@@ -1,0 +1,323 @@
+"""Typed run configuration, loaded from YAML, presets and ``key=value`` overrides.
+
+A configuration is a tree of dataclasses. ``load_config`` accepts a preset name
+(``xray-pneumonia``), a YAML path, or a dict, applies dotted overrides such as
+``train.phase1.epochs=2``, expands ``${MEDLENS_DATA}`` and validates the result,
+raising :class:`ConfigError` with the offending key on any problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from medlens.pipelines.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "PhaseConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "list_presets",
+    "data_root",
+    "config_to_dict",
+]
+
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root() -> Path:
+    """Where shared datasets live: ``$MEDLENS_DATA`` or ``../shared/data``."""
+    return Path(os.environ.get("MEDLENS_DATA") or DEFAULT_DATA_ROOT).expanduser().resolve()
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split and fed.
+
+    kind: ``folder`` (one sub-folder per class), ``csv`` (manifest with
+    ``path,label[,patient_id][,split]``) or ``npz`` (MedMNIST layout).
+    """
+
+    kind: str = "folder"
+    root: str = ""
+    manifest: str = ""
+    npz: str = ""
+    path_column: str = "path"
+    label_column: str = "label"
+    patient_column: str = "patient_id"
+    split_column: str = "split"
+    class_names: list[str] = field(default_factory=list)
+    image_size: list[int] = field(default_factory=lambda: [224, 224])
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    dedupe: bool = True
+    augment: str = "none"
+    class_weights: bool = False
+    balanced_sampling: bool = False
+    batch_size: int = 32
+    cache: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and transfer head."""
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    pooling: str = "avg"
+    dropout: float = 0.3
+    dense_units: int = 128
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase: frozen-backbone feature extraction or fine-tuning.
+
+    ``unfreeze_blocks``: 0 keeps the backbone frozen (feature extraction), N makes
+    its top N blocks trainable (fine-tuning), -1 makes the whole backbone trainable
+    (training from scratch, for ``weights: none``). BatchNorm layers always stay
+    in inference mode.
+    """
+
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    unfreeze_blocks: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Two phases plus callbacks."""
+
+    phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(5, 1e-3, 0))
+    phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(5, 1e-5, 1))
+    optimizer: str = "adam"
+    monitor: str = "val_loss"
+    early_stopping_patience: int = 5
+    reduce_lr_patience: int = 2
+    reduce_lr_factor: float = 0.5
+    tensorboard: bool = False
+    workers: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """How the decision threshold is chosen on validation (binary tasks)."""
+
+    threshold: str = "youden"
+    target_sensitivity: float = 0.95
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs."""
+
+    name: str = "run"
+    task: str = "classification"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped inside the package."""
+    folder = resources.files("medlens.app") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(name: str) -> dict[str, Any]:
+    folder = resources.files("medlens.app") / "presets"
+    entry = folder / f"{name}.yaml"
+    if not entry.is_file():
+        raise ConfigError(
+            f"unknown preset {name!r}; known presets: {', '.join(list_presets())}"
+        )
+    return yaml.safe_load(entry.read_text()) or {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        if "${MEDLENS_DATA}" in value:
+            value = value.replace("${MEDLENS_DATA}", str(data_root()))
+        return os.path.expandvars(value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping")
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        (item,) = get_args(hint) or (Any,)
+        return [_coerce(v, item, key) for v in value]
+    if origin is Union:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+        if hint is int:
+            if number != int(number):
+                raise ConfigError(f"config key {key!r} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    if hint is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            kwargs[f.name] = getattr(default, f.name)
+    return cls(**kwargs)
+
+
+_CHOICES = {
+    "task": ("classification",),
+    "data.kind": ("folder", "csv", "npz"),
+    "data.augment": ("none", "xray", "tumour", "fundus"),
+    "model.pooling": ("avg", "max"),
+    "train.optimizer": ("adam", "sgd", "adamw"),
+    "evaluate.threshold": ("youden", "sensitivity", "0.5"),
+}
+
+
+def _validate(cfg: RunConfig) -> None:
+    values = config_to_dict(cfg)
+    for dotted, allowed in _CHOICES.items():
+        node: Any = values
+        for part in dotted.split("."):
+            node = node[part]
+        if str(node) not in allowed:
+            raise ConfigError(f"config key {dotted!r} is {node!r}; choose one of {', '.join(allowed)}")
+    if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
+        raise ConfigError(f"config key 'data.image_size' must be [height, width] >= 8, got {cfg.data.image_size}")
+    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
+        raise ConfigError("config keys 'data.val_fraction' and 'data.test_fraction' must be in [0, 1)")
+    if cfg.data.batch_size < 1:
+        raise ConfigError("config key 'data.batch_size' must be at least 1")
+    if cfg.train.phase1.epochs < 0 or cfg.train.phase2.epochs < 0:
+        raise ConfigError("epochs must be >= 0")
+    if cfg.train.phase1.epochs + cfg.train.phase2.epochs == 0:
+        raise ConfigError("train.phase1.epochs + train.phase2.epochs must be at least 1")
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig`.
+
+    Args:
+        source: a preset name, a YAML file path, a dict, or None for defaults.
+            A YAML file may name ``preset: NAME`` to start from a preset.
+        overrides: ``key.sub=value`` strings; values are parsed as YAML.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, unknown key, bad value.
+
+    Example:
+        >>> cfg = load_config("breast-ultrasound", ["train.phase1.epochs=1"])
+        >>> cfg.train.phase1.epochs
+        1
+    """
+    tree: dict[str, Any]
+    if source is None:
+        tree = {}
+    elif isinstance(source, dict):
+        tree = dict(source)
+    else:
+        path = Path(source)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            tree = _read_yaml(path)
+        else:
+            tree = _read_preset(str(source))
+    if "preset" in tree:
+        tree = _deep_merge(_read_preset(str(tree.pop("preset"))), tree)
+    for override in overrides or []:
+        _apply_override(tree, override)
+    cfg = _build(RunConfig, _expand(tree))
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain-dict form, as written to ``config.yaml`` in a run directory."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real-data root, tiny phantom datasets, and one tiny trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never reach the internet: ImageNet downloads fail fast with our own error.
+os.environ["MEDLENS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``$MEDLENS_DATA`` or ``../shared/data`` beside the repository; CI has it, so no skipping."""
+    root = Path(os.environ.get("MEDLENS_DATA") or REPO.parent / "shared" / "data").resolve()
+    assert (root / "medmnist").is_dir(), f"shared datasets not found at {root}; set MEDLENS_DATA"
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """120 small phantoms (64 px) with masks and a manifest."""
+    from medlens.pipelines.phantoms import write_phantoms
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(folder, count=120, size=64, seed=3)
+    return folder
+
+
+def tiny_config(phantom_folder: Path, **overrides):
+    """A config that trains in seconds: small CNN, 48 px, few epochs."""
+    from medlens.pipelines.config import load_config
+
+    tree = {
+        "name": "tiny",
+        "seed": 5,
+        "data": {
+            "kind": "csv",
+            "root": str(phantom_folder),
+            "manifest": "manifest.csv",
+            "class_names": ["no_lesion", "lesion"],
+            "image_size": [48, 48],
+            "batch_size": 16,
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        },
+        "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 16, "dropout": 0.1},
+        "train": {
+            "phase1": {"epochs": 2, "learning_rate": 0.003, "unfreeze_blocks": -1},
+            "phase2": {"epochs": 1, "learning_rate": 0.0005, "unfreeze_blocks": 1},
+        },
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        tree[section][name] = value
+    return load_config(tree)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, phantom_dir) -> Path:
+    """One finished run directory, trained once per session and shared by read-only tests."""
+    from medlens.pipelines.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(phantom_dir), run)
+    return run

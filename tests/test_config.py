@@ -1,0 +1,80 @@
+"""Configuration: presets, YAML files, overrides and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from medlens.pipelines.config import config_to_dict, data_root, list_presets, load_config
+from medlens.pipelines.errors import ConfigError
+
+
+def test_presets_ship_inside_the_package():
+    assert {"xray-pneumonia", "breast-ultrasound", "fundus-retinopathy"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", ["xray-pneumonia", "breast-ultrasound", "fundus-retinopathy",
+                                  "xray-pneumonia-224", "brain-mri-tumour"])
+def test_every_preset_loads_and_points_at_shared_data(name, shared_data, monkeypatch):
+    monkeypatch.setenv("MEDLENS_DATA", str(shared_data))
+    cfg = load_config(name)
+    source = cfg.data.npz or cfg.data.root
+    assert source.startswith(str(shared_data))
+    from pathlib import Path
+
+    assert Path(source).exists(), source
+
+
+def test_medlens_data_variable_moves_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLENS_DATA", str(tmp_path))
+    assert data_root() == tmp_path.resolve()
+    assert load_config("breast-ultrasound").data.npz == str(tmp_path.resolve() / "medmnist" / "breastmnist.npz")
+
+
+def test_overrides_are_typed():
+    cfg = load_config("breast-ultrasound", ["train.phase1.epochs=3", "data.image_size=[32, 40]",
+                                            "model.weights=none", "data.class_weights=false"])
+    assert cfg.train.phase1.epochs == 3 and isinstance(cfg.train.phase1.epochs, int)
+    assert cfg.data.image_size == [32, 40]
+    assert cfg.model.weights == "none"
+    assert cfg.data.class_weights is False
+
+
+def test_yaml_file_can_start_from_a_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: fundus-retinopathy\nname: mine\ntrain:\n  phase2:\n    epochs: 0\n")
+    cfg = load_config(path)
+    assert cfg.name == "mine"
+    assert cfg.data.augment == "fundus"
+    assert cfg.train.phase2.epochs == 0
+    assert config_to_dict(cfg)["model"]["backbone"] == "resnet50"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["train.phase9.epochs=1"], "unknown config key 'train.phase9'"),
+        (["data.kind=zip"], "data.kind"),
+        (["train.phase1.epochs=two"], "must be a number"),
+        (["data.class_weights=maybe"], "true or false"),
+        (["data.image_size=[4, 4]"], "image_size"),
+        (["epochs"], "key.sub=value"),
+    ],
+)
+def test_bad_values_raise_one_line_config_errors(overrides, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config("breast-ultrasound", overrides)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(listing)

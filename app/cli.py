@@ -1,0 +1,226 @@
+"""The ``medlens`` command line.
+
+Every error a user can cause ends in one line on stderr (``medlens: error: …``)
+and exit status 2; ``--debug`` shows the traceback instead. Keras and
+TensorFlow are imported only by the commands that need them, so ``--help``
+is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from medlens.pipelines.errors import MedlensError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("medlens")
+
+
+def _quiet_backend() -> None:
+    """Import Keras with TensorFlow's C++ start-up chatter kept off the user's terminal.
+
+    TensorFlow 2.21 writes absl/CUDA notices straight to file descriptor 2, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says, so stderr is pointed at a temporary file during the
+    import and replayed only if the import fails.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr)
+
+
+def _fit_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_metrics(metrics: dict, header: str) -> None:
+    keys = ("n", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "threshold")
+    parts = []
+    for key in keys:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        parts.append(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}")
+    print(f"{header}: " + ", ".join(parts))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _quiet_backend()
+    from medlens.pipelines.config import load_config
+    from medlens.pipelines.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_run_dir(cfg.name)
+    print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
+    result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity())
+    _print_metrics(result.metrics, "test")
+    print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs, {result.seconds:.0f} s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medlens.pipelines.rundir import RunDir
+
+    RunDir(args.run).require()
+    _quiet_backend()
+    from medlens.pipelines.run_eval import evaluate_run, write_model_card
+
+    metrics = evaluate_run(args.run, split=args.split)
+    write_model_card(args.run)
+    _print_metrics(metrics, args.split)
+    print(f"metrics: {Path(args.run) / 'metrics.json'}; plots: {Path(args.run) / 'plots'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _quiet_backend()
+    from medlens.pipelines.predict import Predictor, expand_inputs, predict_paths
+
+    predictor = Predictor(args.run)
+    out = Path(args.out) if args.out else Path(args.run) / "predictions" / time.strftime("%Y%m%d-%H%M%S")
+    files, _ = expand_inputs(args.inputs)
+    with _progress_bar(len(files), "predict") as bar:
+        result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
+                               overwrite=args.overwrite, progress=bar.update, predictor=predictor)
+    print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}")
+    if result.errors:
+        print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
+        for path, reason in result.errors[:5]:
+            print(f"  {path}: {reason}")
+    return 0 if result.rows or not result.errors else 1
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    _quiet_backend()
+    from medlens.models.backbones import import_weights
+
+    destination = import_weights(args.file, args.arch, overwrite=args.overwrite)
+    print(f"installed {args.file} as the ImageNet weights of {args.arch}: {destination}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from medlens.pipelines.config import list_presets, load_config
+
+    for name in list_presets():
+        cfg = load_config(name)
+        source = cfg.data.npz or cfg.data.root
+        print(f"{name:22s} {cfg.model.backbone:12s} {len(cfg.data.class_names)} classes  {source}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _quiet_backend()
+    from medlens.app.demo import run_demo
+
+    run_demo(Path(args.out), overwrite=args.overwrite, count=args.count, echo=print, fit_verbose=_fit_verbosity())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medlens",
+        description="Transfer learning, evaluation and batch prediction for medical images.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier from a preset or YAML config")
+    p.add_argument("config", help="preset name (see `medlens presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.phase1.epochs=3")
+    p.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on a split; updates metrics.json and plots")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict images, folders, DICOM or NIfTI files with a run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", help="output folder (default RUN/predictions/TIMESTAMP)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("weights", help="manage backbone weights for offline sites")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    w = wsub.add_parser("import", help="install a downloaded ImageNet weights file where Keras looks for it")
+    w.add_argument("file", help="e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    w.add_argument("--arch", required=True, help="vgg16, vgg19, resnet50, resnet50v2 or densenet121")
+    w.add_argument("--overwrite", action="store_true", help="replace a different file already installed")
+    w.set_defaults(func=cmd_weights_import)
+
+    p = sub.add_parser("presets", help="list the presets shipped with medlens")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("demo", help="offline demo on synthetic phantoms: train, evaluate, predict")
+    p.add_argument("--out", default="medlens-demo", help="output folder (default ./medlens-demo)")
+    p.add_argument("--count", type=int, default=320, help="number of training phantoms")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come before or after options (`train CFG --out RUN a.b=1`), so collect strays.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except MedlensError as exc:
+        if args.debug:
+            raise
+        print(f"medlens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medlens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Batch prediction with a trained run: files, folders, DICOM series, NIfTI volumes.
+
+Every input is expanded to images (a folder to its image files, a multi-frame
+DICOM or a NIfTI volume to its frames), read, predicted in batches, and
+written to ``predictions.csv``. A file that cannot be read is listed in
+``errors.csv`` with the reason and the rest of the batch goes on: one bad
+study never costs the good ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from medlens.models.backbones import preprocess_function
+from medlens.pipelines.data import prepare_image
+from medlens.pipelines.errors import ImageReadError, MedlensError
+from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
+from medlens.pipelines.run_eval import load_run_model
+from medlens.pipelines.rundir import RunDir, atomic_write_csv, prepare_output_dir
+
+__all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths"]
+
+log = logging.getLogger(__name__)
+
+_MULTI_FRAME_FORMATS = ("dicom", "nifti")
+
+
+@dataclass
+class PredictResult:
+    """What a prediction batch produced."""
+
+    out_dir: Path
+    predictions_csv: Path
+    errors_csv: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Turn files and folders into a sorted, de-duplicated list of image files.
+
+    Returns:
+        ``(files, errors)``; ``errors`` lists inputs that do not exist or hold no images.
+    """
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            try:
+                found = list_images(path)
+            except MedlensError as exc:
+                errors.append((str(path), str(exc)))
+                continue
+            if not found:
+                errors.append((str(path), "folder contains no supported image files"))
+            candidates = found
+        elif path.is_file():
+            candidates = [path]
+        else:
+            errors.append((str(path), "no such file or folder"))
+            continue
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(candidate)
+    return files, errors
+
+
+class Predictor:
+    """A loaded run, ready to predict batches of images.
+
+    Example:
+        >>> predictor = Predictor("runs/demo")  # doctest: +SKIP
+        >>> probabilities = predictor.predict_pixels([record.pixels])  # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
+        self.run = RunDir(run_dir).require()
+        self.state = self.run.read_state()
+        self.model = model if model is not None else load_run_model(self.run.root)
+        self.class_names: list[str] = list(self.state["class_names"])
+        self.image_size = tuple(self.state["image_size"])
+        self.threshold: float | None = self.state.get("threshold")
+        self.preprocess = preprocess_function(self.state["backbone"])
+
+    def prepare(self, pixels_list: list[np.ndarray]) -> np.ndarray:
+        """Resize and preprocess images (``H×W×C`` in [0, 1]) into one model batch."""
+        batch = np.stack([prepare_image(p, self.image_size) for p in pixels_list]).astype(np.float32)
+        return self.preprocess(batch)
+
+    def predict_pixels(self, pixels_list: list[np.ndarray]) -> np.ndarray:
+        """Probabilities ``N×K`` for a list of images."""
+        output = self.model.predict_on_batch(self.prepare(pixels_list))
+        return to_probabilities(np.asarray(output), len(self.class_names))
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        """The predicted class name: the validation threshold for binary runs, argmax otherwise."""
+        if len(self.class_names) == 2:
+            threshold = 0.5 if self.threshold is None else self.threshold
+            return self.class_names[int(probabilities[1] >= threshold)]
+        return self.class_names[int(np.argmax(probabilities))]
+
+
+def _records(files: list[Path], errors: list[tuple[str, str]]) -> Iterator[ImageRecord]:
+    for path in files:
+        try:
+            fmt = sniff_format(path)
+            if fmt == "npz":
+                raise ImageReadError(path, "an .npz dataset is not an image; train or evaluate on it instead")
+            records = read_frames(path) if fmt in _MULTI_FRAME_FORMATS else read_frames(path)[:1]
+        except MedlensError as exc:
+            errors.append((str(path), getattr(exc, "reason", str(exc))))
+            continue
+        except Exception as exc:  # a reader bug must not lose the rest of the batch
+            log.exception("unexpected error reading %s", path)
+            errors.append((str(path), f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]))
+            continue
+        yield from records
+
+
+def predict_paths(
+    run_dir: str | Path,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    predictor: Predictor | None = None,
+) -> PredictResult:
+    """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
+
+    ``predictions.csv`` columns: ``path, frame, label, p_<class>…, threshold``.
+    ``errors.csv`` columns: ``path, error`` (header only when nothing failed).
+
+    Args:
+        run_dir: a finished run directory.
+        inputs: image files, folders (searched recursively), DICOM or NIfTI files.
+        out_dir: output folder; must be new or empty unless ``overwrite``.
+        batch_size: images per forward pass.
+        overwrite: allow writing into a non-empty ``out_dir``.
+        progress: called with the number of files finished since the last call.
+        predictor: reuse an already loaded :class:`Predictor`.
+    """
+    predictor = predictor or Predictor(run_dir)
+    out = prepare_output_dir(out_dir, overwrite=overwrite)
+    files, errors = expand_inputs(inputs)
+    rows: list[dict[str, Any]] = []
+    pending: list[ImageRecord] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        probabilities = predictor.predict_pixels([r.pixels for r in pending])
+        for record, probs in zip(pending, probabilities, strict=True):
+            row: dict[str, Any] = {
+                "path": record.path,
+                "frame": "" if record.frame is None else record.frame,
+                "label": predictor.label_for(probs),
+            }
+            row.update({f"p_{name}": round(float(p), 6) for name, p in zip(predictor.class_names, probs, strict=True)})
+            row["threshold"] = "" if predictor.threshold is None else round(float(predictor.threshold), 6)
+            rows.append(row)
+        pending.clear()
+
+    last_path = None
+    for record in _records(files, errors):
+        pending.append(record)
+        if progress and record.path != last_path:
+            progress(1)
+            last_path = record.path
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+
+    header = ["path", "frame", "label", *[f"p_{n}" for n in predictor.class_names], "threshold"]
+    predictions_csv = atomic_write_csv(out / "predictions.csv", header, ([r[h] for h in header] for r in rows))
+    errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
+    if errors:
+        log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)
+    return PredictResult(out, predictions_csv, errors_csv, rows, errors)

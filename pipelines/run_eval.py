@@ -1,0 +1,176 @@
+"""Evaluate a trained run like a clinical study, and write its model card.
+
+The decision threshold of a binary classifier is chosen on the validation
+split (Youden's J or a target sensitivity) and then applied, unchanged, to the
+test split. Results go to ``metrics.json`` (one entry per split evaluated) and
+plots to ``plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from medlens.models.backbones import preprocess_function
+from medlens.pipelines.config import RunConfig, load_config
+from medlens.pipelines.data import ClassificationSequence, Dataset, load_dataset
+from medlens.pipelines.errors import RunDirError
+from medlens.pipelines.evaluate import (
+    choose_threshold,
+    classification_metrics,
+    plot_confusion,
+    plot_history,
+    plot_roc,
+    to_probabilities,
+)
+from medlens.pipelines.rundir import RunDir, atomic_write_json, atomic_write_text
+
+__all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
+
+log = logging.getLogger(__name__)
+
+
+def load_run_model(run_dir: str | Path) -> keras.Model:
+    """Load ``model.keras`` from a finished run directory."""
+    run = RunDir(run_dir).require()
+    try:
+        return keras.saving.load_model(run.model_path)
+    except Exception as exc:
+        raise RunDirError(f"{run.model_path}: cannot load model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def predict_source(model: keras.Model, source: Any, cfg: RunConfig, num_classes: int) -> np.ndarray:
+    """Probabilities ``N×K`` for every item of an image source, in order."""
+    sequence = ClassificationSequence(
+        source,
+        image_size=tuple(cfg.data.image_size),
+        batch_size=cfg.data.batch_size,
+        preprocess=preprocess_function(cfg.model.backbone),
+        num_classes=num_classes,
+        cache=False,
+    )
+    outputs = [model.predict_on_batch(sequence[i][0]) for i in range(len(sequence))]
+    return to_probabilities(np.concatenate([np.asarray(o) for o in outputs]), num_classes)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    model: keras.Model | None = None,
+    dataset: Dataset | None = None,
+    cfg: RunConfig | None = None,
+) -> dict[str, Any]:
+    """Compute metrics for ``split`` and merge them into ``RUN/metrics.json``.
+
+    Returns:
+        The metrics of ``split`` (see :func:`classification_metrics`).
+    """
+    run = RunDir(run_dir)
+    if model is None:
+        run.require()
+        model = load_run_model(run.root)
+    if cfg is None:
+        cfg = load_config(run.read_config())
+    if dataset is None:
+        dataset = load_dataset(cfg.data, seed=cfg.seed)
+    if split not in dataset.splits:
+        raise RunDirError(f"{run.root}: the dataset has no {split!r} split (it has {', '.join(dataset.splits)})")
+    state = run.read_state()
+    class_names = list(state.get("class_names") or dataset.class_names)
+    num_classes = len(class_names)
+
+    threshold = None
+    val_metrics = None
+    if num_classes == 2:
+        val_probs = predict_source(model, dataset.splits["val"], cfg, num_classes)
+        val_labels = np.asarray(dataset.splits["val"].labels)
+        threshold = choose_threshold(val_labels, val_probs[:, 1], method=cfg.evaluate.threshold,
+                                     target_sensitivity=cfg.evaluate.target_sensitivity)
+        val_metrics = classification_metrics(val_labels, val_probs, class_names, threshold=threshold)
+        state["threshold"] = threshold
+        state["threshold_method"] = cfg.evaluate.threshold
+        run.write_state(state)
+
+    source = dataset.splits[split]
+    labels = np.asarray(source.labels)
+    probs = val_probs if (split == "val" and val_metrics is not None) else predict_source(model, source, cfg, num_classes)
+    metrics = classification_metrics(labels, probs, class_names, threshold=threshold)
+
+    all_metrics: dict[str, Any] = {}
+    if run.metrics_path.is_file():
+        try:
+            all_metrics = json.loads(run.metrics_path.read_text())
+        except ValueError:
+            log.warning("%s was unreadable and is rewritten", run.metrics_path)
+    all_metrics[split] = metrics
+    if val_metrics is not None:
+        all_metrics["val"] = val_metrics
+    all_metrics["threshold"] = {"value": threshold, "method": cfg.evaluate.threshold, "chosen_on": "val"}
+    atomic_write_json(run.metrics_path, all_metrics)
+
+    run.plots.mkdir(exist_ok=True)
+    plot_roc(labels, probs, class_names, run.plots / f"roc_{split}.png", threshold=threshold)
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names, run.plots / f"confusion_{split}.png")
+    if run.history_path.is_file():
+        plot_history(run.history_path, run.plots / "history.png")
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """Write ``model_card.md``: what the model is, what it was trained on, how it scored, its limits."""
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    state = run.read_state()
+    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.is_file() else {}
+    test = metrics.get("test", {})
+    counts = state.get("data_report", {}).get("class_counts", {})
+    lines = [
+        f"# Model card: {cfg.get('name', run.root.name)}",
+        "",
+        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
+        "reviewed by a qualified clinician.",
+        "",
+        "## Model",
+        f"- Task: {state.get('task')} into {', '.join(state.get('class_names', []))}",
+        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
+        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB",
+        f"- Training: feature extraction {cfg['train']['phase1']['epochs']} epochs at lr "
+        f"{cfg['train']['phase1']['learning_rate']}, fine-tuning {cfg['train']['phase2']['epochs']} epochs at lr "
+        f"{cfg['train']['phase2']['learning_rate']} (top {cfg['train']['phase2']['unfreeze_blocks']} blocks); "
+        f"{state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}",
+        f"- Keras {state.get('keras_version')} on {state.get('keras_backend')}; seed {cfg.get('seed')}; "
+        f"created {state.get('created')}",
+        "",
+        "## Data",
+        f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}",
+        f"- Class counts per split: {json.dumps(counts)}",
+        f"- Duplicates removed before splitting: {state.get('data_report', {}).get('duplicates_dropped', 0)}",
+        "",
+        "## Test results",
+        f"- n = {test.get('n')}, accuracy {_fmt(test.get('accuracy'))}, AUC {_fmt(test.get('auc'))}"
+        + (f" (95% CI {_fmt(test['auc_ci95'][0])}–{_fmt(test['auc_ci95'][1])})" if test.get("auc_ci95") else ""),
+    ]
+    if state.get("num_classes") == 2:
+        lines.append(
+            f"- At threshold {_fmt(state.get('threshold'))} (chosen on validation by {state.get('threshold_method')}): "
+            f"sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))}, "
+            f"precision {_fmt(test.get('precision'))}, F1 {_fmt(test.get('f1'))}"
+        )
+    lines += [
+        "",
+        "## Limits",
+        "- Evaluated only on the test split above; performance on other scanners, sites and populations is unknown.",
+        "- Probabilities are not calibrated unless stated.",
+        "",
+    ]
+    return atomic_write_text(run.card_path, "\n".join(lines))

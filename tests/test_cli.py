@@ -1,0 +1,153 @@
+"""The command line end to end on tiny data: train, evaluate, predict, weights import, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from medlens.app.cli import main
+
+
+def _tiny_yaml(tmp_path: Path, phantom_dir: Path, **data) -> Path:
+    config = {
+        "name": "cli-tiny",
+        "seed": 1,
+        "data": {"kind": "csv", "root": str(phantom_dir), "manifest": "manifest.csv", "image_size": [40, 40],
+                 "batch_size": 16, **data},
+        "model": {"backbone": "small_cnn", "weights": "none", "dense_units": 8},
+        "train": {"phase1": {"epochs": 1, "unfreeze_blocks": -1}, "phase2": {"epochs": 1}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_evaluate_predict(tmp_path, phantom_dir, capsys):
+    config = _tiny_yaml(tmp_path, phantom_dir)
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "train.phase2.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "test: n " in out and str(run) in out
+
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"test", "val", "threshold"} <= set(metrics)
+    assert (run / "plots" / "roc_val.png").is_file()
+
+    # A folder of good images plus bad ones: good ones all predicted, bad ones listed.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i, name in enumerate(sorted((phantom_dir / "lesion").iterdir())[:3]):
+        (inputs / f"case {i} ü.png").write_bytes(name.read_bytes())
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.png").write_text("not an image")
+    out_dir = tmp_path / "pred"
+    code = main(["predict", str(run), str(inputs), str(tmp_path / "missing.dcm"), "--out", str(out_dir)])
+    assert code == 0
+    rows = list(csv.DictReader((out_dir / "predictions.csv").open(encoding="utf-8")))
+    assert len(rows) == 3
+    assert all(row["label"] in ("no_lesion", "lesion") for row in rows)
+    for row in rows:
+        assert float(row["p_no_lesion"]) + float(row["p_lesion"]) == pytest.approx(1.0, abs=1e-5)
+    errors = {Path(r["path"]).name: r["error"] for r in csv.DictReader((out_dir / "errors.csv").open())}
+    assert set(errors) == {"empty.png", "notes.png", "missing.dcm"}
+
+    # The same output folder is not overwritten without asking.
+    assert main(["predict", str(run), str(inputs), "--out", str(out_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_predict_reads_dicom_frames(tiny_run, shared_data, tmp_path):
+    out = tmp_path / "dicom"
+    dicoms = shared_data / "dicom_samples"
+    assert main(["predict", str(tiny_run), str(dicoms / "emri_small.dcm"), str(dicoms / "CT_small.dcm"),
+                 str(dicoms / "US1_UNCR.dcm"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    frames = [r for r in rows if r["path"].endswith("emri_small.dcm")]
+    assert len(frames) == 10 and sorted(int(r["frame"]) for r in frames) == list(range(10))
+    assert len(rows) == 12
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("empty_class", "has no supported images"),
+        ("missing_label_column", "label"),
+        ("unknown_preset", "unknown preset"),
+    ],
+)
+def test_user_errors_are_one_line(case, fragment, tmp_path, phantom_dir, capsys):
+    if case == "empty_class":
+        root = tmp_path / "tree"
+        (root / "a").mkdir(parents=True)
+        (root / "b").mkdir()
+        image = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+        for i in range(4):
+            cv2.imwrite(str(root / "a" / f"{i}.png"), image)
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"data": {"kind": "folder", "root": str(root)},
+                                          "model": {"backbone": "small_cnn", "weights": "none"}}))
+        argv = ["train", str(config), "--out", str(tmp_path / "r")]
+        named = str(root / "b")
+    elif case == "missing_label_column":
+        manifest = tmp_path / "m.csv"
+        with manifest.open("w", newline="") as handle:
+            csv.writer(handle).writerows([["path", "diagnosis"], ["lesion/phantom_0001.png", "1"]])
+        config = _tiny_yaml(tmp_path, phantom_dir, manifest=str(manifest))
+        argv = ["train", str(config), "--out", str(tmp_path / "r")]
+        named = "m.csv"
+    else:
+        argv = ["train", "no-such-preset"]
+        named = "no-such-preset"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medlens: error:") and "\n" not in err, err
+    assert fragment in err and named in err, err
+
+
+def test_weights_import_installs_where_keras_looks(tmp_path, monkeypatch, capsys):
+    import keras
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    source = tmp_path / "vgg16_notop.weights.h5"
+    model.save_weights(source)
+    assert main(["weights", "import", str(source), "--arch", "vgg16"]) == 0
+    installed = Path(capsys.readouterr().out.strip().split(": ")[-1])
+    assert installed.is_file() and installed.parent == tmp_path / "keras_home" / "models"
+    assert main(["weights", "import", str(tmp_path / "nope.h5"), "--arch", "vgg16"]) == 2
+    assert "nope.h5" in capsys.readouterr().err
+
+
+def test_console_script_help_and_error_exit(tmp_path):
+    script = Path(sys.executable).with_name("medlens")
+    assert script.is_file(), "pip install should create the medlens console script"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0 and "demo" in shown.stdout and "predict" in shown.stdout
+    failed = subprocess.run([str(script), "evaluate", str(tmp_path / "nothing")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [f"medlens: error: {tmp_path / 'nothing'}: run directory not found"]
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--count", "120"]) == 0
+    printed = capsys.readouterr().out
+    assert "run directory:" in printed and "predictions:" in printed
+    assert (out / "run" / "model.keras").is_file()
+    assert len(list((out / "phantoms" / "masks").glob("*.png"))) == 120
+    rows = list(csv.DictReader((out / "predictions" / "predictions.csv").open()))
+    assert len(rows) == 24
+    assert main(["demo", "--out", str(out)]) == 2

@@ -122,6 +122,13 @@ def evaluate_run(
     return metrics
 
 
+def _phase(phase: dict[str, Any]) -> str:
+    blocks = int(phase.get("unfreeze_blocks", 0))
+    what = ("backbone frozen (feature extraction)" if blocks == 0 else
+            "whole network trained from scratch" if blocks < 0 else f"top {blocks} block(s) fine-tuned")
+    return f"{phase.get('epochs')} epochs at lr {phase.get('learning_rate')}, {what}"
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
@@ -144,9 +151,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"- Task: {state.get('task')} into {', '.join(state.get('class_names', []))}",
         f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
         f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB",
-        f"- Training: feature extraction {cfg['train']['phase1']['epochs']} epochs at lr "
-        f"{cfg['train']['phase1']['learning_rate']}, fine-tuning {cfg['train']['phase2']['epochs']} epochs at lr "
-        f"{cfg['train']['phase2']['learning_rate']} (top {cfg['train']['phase2']['unfreeze_blocks']} blocks); "
+        f"- Training: phase 1 {_phase(cfg['train']['phase1'])}; phase 2 {_phase(cfg['train']['phase2'])}; "
         f"{state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}",
         f"- Keras {state.get('keras_version')} on {state.get('keras_backend')}; seed {cfg.get('seed')}; "
         f"created {state.get('created')}",

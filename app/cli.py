@@ -79,8 +79,19 @@ def _print_metrics(metrics: dict, header: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     _quiet_backend()
     from medlens.pipelines.config import load_config
+    from medlens.pipelines.errors import ConfigError
     from medlens.pipelines.train import train
 
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume RUN continues a run with its own config.yaml; give no CONFIG or overrides")
+        print(f"resuming {args.resume}")
+        result = train(None, args.resume, resume=True, verbose=_fit_verbosity())
+        _print_metrics(result.metrics, "test")
+        print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs)")
+        return 0
+    if not args.config:
+        raise ConfigError("give a preset name or a YAML config (see `medlens presets`), or --resume RUN")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_run_dir(cfg.name)
     print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
@@ -159,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a classifier from a preset or YAML config")
-    p.add_argument("config", help="preset name (see `medlens presets`) or a YAML file")
+    p.add_argument("config", nargs="?", help="preset name (see `medlens presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.phase1.epochs=3")
     p.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last finished epoch")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run on a split; updates metrics.json and plots")

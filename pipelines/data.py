@@ -826,7 +826,17 @@ class ClassificationSequence(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         """Advance the epoch counter and draw the next epoch's order."""
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to ``epoch``'s order and augmentations.
+
+        Keras also calls :meth:`on_epoch_end` when ``fit`` starts, so the internal
+        counter depends on how many ``fit`` calls came before; training pins the
+        epoch to Keras's own epoch index instead, which a resumed run shares with an
+        uninterrupted one.
+        """
+        self.epoch = int(epoch)
         self.indices = self._epoch_indices(self.epoch)
 
     # helpers ---------------------------------------------------------------------------

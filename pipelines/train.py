@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,11 +30,11 @@ import numpy as np
 
 from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier, freeze_backbone, unfreeze_all, unfreeze_top_blocks
-from medlens.pipelines.config import PhaseConfig, RunConfig, config_to_dict
+from medlens.pipelines.config import PhaseConfig, RunConfig, config_to_dict, load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
-from medlens.pipelines.errors import ConfigError
+from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
-from medlens.pipelines.rundir import RunDir, atomic_write_csv
+from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
 
 __all__ = ["train", "TrainResult", "set_determinism"]
 
@@ -63,6 +64,10 @@ def set_determinism(seed: int) -> None:
             log.warning("TensorFlow op determinism is not available; results may vary run to run")
 
 
+def _mode(monitor: str) -> str:
+    return "max" if any(k in monitor for k in ("auc", "accuracy", "precision", "recall", "dice", "iou")) else "min"
+
+
 class _HistoryWriter(keras.callbacks.Callback):
     """Rewrites ``history.csv`` atomically after every epoch, with the phase and learning rate."""
 
@@ -86,27 +91,116 @@ class _HistoryWriter(keras.callbacks.Callback):
         atomic_write_csv(self.path, columns, ([item.get(c, "") for c in columns] for item in self.rows))
 
 
-class _BestKeeper(keras.callbacks.Callback):
-    """Saves the model whenever the monitored value improves, across both phases."""
+class _EpochSync(keras.callbacks.Callback):
+    """Pins a dataset's shuffling and augmentation to Keras's epoch index (resume-safe)."""
 
-    def __init__(self, path: Path, monitor: str, state: dict[str, Any]):
+    def __init__(self, dataset: Any):
         super().__init__()
-        self.path = path
-        self.monitor = monitor
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def _rng_variables(model: keras.Model) -> list[Any]:
+    # Dropout's random state lives in SeedGenerator variables that `.keras` files do not keep.
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def rng_state(model: keras.Model) -> list[list[int]]:
+    """The model's random-number states (dropout masks), as JSON-ready lists."""
+    return [np.asarray(keras.ops.convert_to_numpy(v)).tolist() for v in _rng_variables(model)]
+
+
+def restore_rng_state(model: keras.Model, states: list[list[int]]) -> None:
+    """Put back states saved by :func:`rng_state` (same architecture, same order)."""
+    variables = _rng_variables(model)
+    if len(variables) != len(states):
+        log.warning("random state of %d generators cannot be restored into %d; dropout masks will differ",
+                    len(states), len(variables))
+        return
+    for variable, value in zip(variables, states, strict=True):
+        variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class _PhaseController(keras.callbacks.Callback):
+    """Early stopping, reduce-on-plateau, best-model keeping and per-epoch checkpoints in one place.
+
+    Keras's own EarlyStopping and ReduceLROnPlateau keep their counters in memory, so a
+    resumed run could not continue them; this controller's whole state is a small dict
+    written to ``checkpoints/state.json`` after every epoch, next to the checkpoint it
+    belongs to, so ``--resume`` continues exactly where the run stopped.
+    """
+
+    def __init__(self, run: RunDir, cfg: RunConfig, phase: int, phase_start: int, state: dict[str, Any],
+                 rows: list[dict[str, Any]]):
+        super().__init__()
+        self.run = run
+        self.train_cfg = cfg.train
+        self.monitor = cfg.train.monitor
+        self.mode = _mode(self.monitor)
+        self.phase = phase
+        self.phase_start = phase_start
         self.state = state
-        self.mode = "max" if any(k in monitor for k in ("auc", "accuracy", "precision", "recall")) else "min"
+        self.rows = rows
+        self.state.setdefault("phase_best", None)
+        self.state.setdefault("wait", 0)
+        self.state.setdefault("lr_wait", 0)
+
+    def _better(self, value: float, best: float | None) -> bool:
+        return best is None or (value > best if self.mode == "max" else value < best)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
-            return
-        best = self.state.get("best")
-        better = best is None or (value > best if self.mode == "max" else value < best)
-        if better:
-            self.state.update(best=float(value), epoch=epoch + 1)
-            tmp = self.path.with_name(f".{self.path.name}.tmp.keras")
-            self.model.save(tmp)
-            os.replace(tmp, self.path)
+        if value is None:
+            raise ConfigError(
+                f"train.monitor {self.monitor!r} is not among the logged metrics: {', '.join(sorted(logs or {}))}"
+            )
+        value = float(value)
+        state = self.state
+        if math.isfinite(value) and self._better(value, state.get("best")):
+            state.update(best=value, best_epoch=epoch + 1)
+            _save_model(self.model, self.run.checkpoints / "best.keras")
+        if math.isfinite(value) and self._better(value, state["phase_best"]):
+            state.update(phase_best=value, wait=0, lr_wait=0)
+            self.model.save_weights(self.run.checkpoints / "phase_best.weights.h5")
+        else:
+            state["wait"] += 1
+            state["lr_wait"] += 1
+            if state["lr_wait"] >= self.train_cfg.reduce_lr_patience:
+                rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                self.model.optimizer.learning_rate = max(rate * self.train_cfg.reduce_lr_factor, 1e-7)
+                state["lr_wait"] = 0
+            if state["wait"] >= self.train_cfg.early_stopping_patience:
+                self.model.stop_training = True
+        self._checkpoint(epoch + 1, complete=False)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        # Like EarlyStopping(restore_best_weights=True): the phase hands on its best epoch.
+        best_weights = self.run.checkpoints / "phase_best.weights.h5"
+        if best_weights.is_file():
+            self.model.load_weights(best_weights)
+        last = self.rows[-1]["epoch"] if self.rows else self.phase_start
+        self._checkpoint(last, complete=True)
+
+    def _checkpoint(self, epoch: int, *, complete: bool) -> None:
+        # The model file is named by epoch and written before the state that points at it,
+        # so a kill at any instant leaves a state.json whose checkpoint is complete.
+        name = f"last-e{epoch:03d}{'-end' if complete else ''}.keras"
+        _save_model(self.model, self.run.checkpoints / name)
+        self.state.update(phase=self.phase, phase_start=self.phase_start, epochs_done=epoch,
+                          phase_complete=complete, checkpoint=name, history=self.rows,
+                          rng=rng_state(self.model))
+        atomic_write_json(self.run.checkpoints / "state.json", self.state)
+        for old in self.run.checkpoints.glob("last-e*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
 
 def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -138,26 +232,6 @@ def _set_trainable(model: keras.Model, backbone_name: str, unfreeze_blocks: int)
         unfreeze_top_blocks(model, unfreeze_blocks, backbone_name)
 
 
-def _callbacks(cfg: RunConfig, run: RunDir, rows: list[dict[str, Any]], phase: int,
-               best_state: dict[str, Any], extra: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
-    monitor = cfg.train.monitor
-    mode = "max" if any(k in monitor for k in ("auc", "accuracy")) else "min"
-    callbacks: list[keras.callbacks.Callback] = [
-        _BestKeeper(run.checkpoints / "best.keras", monitor, best_state),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode=mode, patience=cfg.train.reduce_lr_patience, factor=cfg.train.reduce_lr_factor,
-            min_lr=1e-7,
-        ),
-        _HistoryWriter(run.history_path, rows, phase),
-    ]
-    if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.root / "tensorboard")))
-    return callbacks + extra
-
-
 def build_sequences(cfg: RunConfig, dataset: Dataset, preprocess: Callable[[np.ndarray], np.ndarray]
                     ) -> dict[str, ClassificationSequence]:
     """One Keras ``PyDataset`` per split: training shuffled and augmented, others in order."""
@@ -181,20 +255,106 @@ def build_sequences(cfg: RunConfig, dataset: Dataset, preprocess: Callable[[np.n
     return sequences
 
 
-def train(
+def run_phases(
+    run: RunDir,
     cfg: RunConfig,
+    model: keras.Model,
+    train_data: Any,
+    val_data: Any,
+    *,
+    prepare_phase: Callable[[keras.Model, PhaseConfig], None],
+    compile_phase: Callable[[keras.Model, PhaseConfig], None],
+    class_weight: dict[int, float] | None = None,
+    resume_state: dict[str, Any] | None = None,
+    verbose: int = 0,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Fit ``model`` through the two phases of ``cfg.train``, checkpointing every epoch.
+
+    Shared by every task (classification, segmentation): the task decides how a
+    phase changes trainability (``prepare_phase``) and what it compiles with
+    (``compile_phase``). With ``resume_state`` (``checkpoints/state.json`` of an
+    interrupted run) it continues from the last finished epoch with the saved
+    optimizer, counters and history.
+
+    Returns:
+        The model holding the best weights, and the final controller state.
+    """
+    state: dict[str, Any] = dict(resume_state or {})
+    rows: list[dict[str, Any]] = list(state.get("history", []))
+    epochs_done = int(state.get("epochs_done", 0))
+    for number, phase in ((1, cfg.train.phase1), (2, cfg.train.phase2)):
+        resuming_this_phase = resume_state is not None and state.get("phase") == number
+        if resume_state is not None and (state.get("phase", 0) > number or
+                                         (resuming_this_phase and state.get("phase_complete"))):
+            continue
+        if phase.epochs == 0:
+            continue
+        if resuming_this_phase:
+            phase_start = int(state["phase_start"])
+            log.info("resuming phase %d at epoch %d", number, epochs_done + 1)
+        else:
+            phase_start = epochs_done
+            state.update(phase_best=None, wait=0, lr_wait=0)
+            (run.checkpoints / "phase_best.weights.h5").unlink(missing_ok=True)
+            prepare_phase(model, phase)
+            compile_phase(model, phase)
+        log.info("phase %d: epochs %d-%d at lr %g, %d trainable weights", number, phase_start + 1,
+                 phase_start + phase.epochs, phase.learning_rate, len(model.trainable_weights))
+        phase_callbacks: list[keras.callbacks.Callback] = [
+            _HistoryWriter(run.history_path, rows, number),
+            _PhaseController(run, cfg, number, phase_start, state, rows),
+        ]
+        if hasattr(train_data, "set_epoch"):
+            phase_callbacks.insert(0, _EpochSync(train_data))
+        if cfg.train.tensorboard:
+            phase_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.root / "tensorboard")))
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            initial_epoch=epochs_done,
+            epochs=phase_start + phase.epochs,
+            class_weight=class_weight,
+            # Our datasets shuffle themselves from (seed, epoch); Keras's own batch shuffle
+            # draws from Python's global `random`, which no checkpoint can restore.
+            shuffle=False,
+            verbose=verbose,
+            callbacks=phase_callbacks + list(callbacks or []),
+        )
+        epochs_done = int(state["epochs_done"])
+    best_path = run.checkpoints / "best.keras"
+    if best_path.is_file():
+        model = keras.saving.load_model(best_path)
+    return model, state
+
+
+def _resume_state(run: RunDir) -> dict[str, Any]:
+    state_path = run.checkpoints / "state.json"
+    if not run.config_path.is_file() or not state_path.is_file():
+        raise RunDirError(f"{run.root}: nothing to resume (no config.yaml or checkpoints/state.json)")
+    state = json.loads(state_path.read_text())
+    if not (run.checkpoints / state["checkpoint"]).is_file():
+        raise RunDirError(f"{run.root}: checkpoint {state['checkpoint']} named in state.json is missing")
+    return state
+
+
+def train(
+    cfg: RunConfig | None,
     run_dir: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     verbose: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
     """Train a classifier as ``cfg`` says and write a complete run directory.
 
     Args:
-        cfg: validated configuration (see :func:`medlens.pipelines.config.load_config`).
+        cfg: validated configuration (see :func:`medlens.pipelines.config.load_config`);
+            ignored with ``resume`` (the run's own ``config.yaml`` is used).
         run_dir: where the run goes; must not exist or be empty unless ``overwrite``.
         overwrite: replace an existing run directory's files.
+        resume: continue an interrupted run in ``run_dir`` from its last finished epoch.
         verbose: Keras ``fit`` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
         callbacks: extra Keras callbacks (e.g. a progress reporter).
 
@@ -204,12 +364,20 @@ def train(
     Raises:
         ConfigError, DatasetError, WeightsError, RunDirError: with one-line messages.
     """
+    started = time.time()
+    resume_state = None
+    if resume:
+        run = RunDir(run_dir)
+        resume_state = _resume_state(run)
+        cfg = load_config(run.read_config())
+    else:
+        if cfg is None:
+            raise ConfigError("a configuration is needed unless resuming")
+        run = RunDir(run_dir).create(overwrite=overwrite)
+        run.write_config(config_to_dict(cfg))
     if cfg.task != "classification":
         raise ConfigError(f"task {cfg.task!r} is not a classification task")
-    started = time.time()
-    run = RunDir(run_dir).create(overwrite=overwrite)
     set_determinism(cfg.seed)
-    run.write_config(config_to_dict(cfg))
 
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     class_names = list(dataset.class_names)
@@ -220,54 +388,35 @@ def train(
     log.info("classes %s; counts %s", class_names, dataset.report.get("class_counts"))
 
     backbone_name = cfg.model.backbone
-    input_shape = (*cfg.data.image_size, 3)
-    model = build_classifier(
-        backbone=backbone_name,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        weights=cfg.model.weights,
-        pooling=cfg.model.pooling,
-        dropout=cfg.model.dropout,
-        dense_units=cfg.model.dense_units,
-    )
-    sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
-    weights = (
-        class_weights(dataset.splits["train"].labels, num_classes) if cfg.data.class_weights else None
-    )
-
-    rows: list[dict[str, Any]] = []
-    best_state: dict[str, Any] = {}
-    epochs_done = 0
-    pretrained = str(cfg.model.weights).lower() not in ("none", "")
-    for phase_number, phase in ((1, cfg.train.phase1), (2, cfg.train.phase2)):
-        if phase.epochs == 0:
-            continue
-        if phase_number == 1 and phase.unfreeze_blocks == 0 and not pretrained:
-            log.warning("phase 1 freezes a backbone with random weights (model.weights: none); "
-                        "set train.phase1.unfreeze_blocks=-1 to train it from scratch")
-        # EarlyStopping(restore_best_weights) hands phase 2 the best phase-1 weights.
-        _set_trainable(model, backbone_name, phase.unfreeze_blocks)
-        _compile(model, cfg, phase, num_classes)
-        log.info("phase %d: %d epochs at lr %g, %d trainable weights", phase_number, phase.epochs,
-                 phase.learning_rate, len(model.trainable_weights))
-        history = model.fit(
-            sequences["train"],
-            validation_data=sequences["val"],
-            initial_epoch=epochs_done,
-            epochs=epochs_done + phase.epochs,
-            class_weight=weights,
-            verbose=verbose,
-            callbacks=_callbacks(cfg, run, rows, phase_number, best_state, callbacks or []),
+    if resume_state is not None:
+        model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
+        restore_rng_state(model, resume_state.get("rng", []))
+    else:
+        model = build_classifier(
+            backbone=backbone_name,
+            num_classes=num_classes,
+            input_shape=(*cfg.data.image_size, 3),
+            weights=cfg.model.weights,
+            pooling=cfg.model.pooling,
+            dropout=cfg.model.dropout,
+            dense_units=cfg.model.dense_units,
         )
-        epochs_done += len(history.epoch)
+    sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
+    weights = class_weights(dataset.splits["train"].labels, num_classes) if cfg.data.class_weights else None
+    pretrained = str(cfg.model.weights).lower() not in ("none", "")
+    if cfg.train.phase1.unfreeze_blocks == 0 and not pretrained:
+        log.warning("phase 1 freezes a backbone with random weights (model.weights: none); "
+                    "set train.phase1.unfreeze_blocks=-1 to train it from scratch")
 
-    best_path = run.checkpoints / "best.keras"
-    if best_path.is_file():
-        model = keras.saving.load_model(best_path)
-    tmp = run.model_path.with_name(".model.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, run.model_path)
-
+    model, state = run_phases(
+        run, cfg, model, sequences["train"], sequences["val"],
+        prepare_phase=lambda m, phase: _set_trainable(m, backbone_name, phase.unfreeze_blocks),
+        compile_phase=lambda m, phase: _compile(m, cfg, phase, num_classes),
+        class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
+    )
+    _save_model(model, run.model_path)
+    epochs_done = int(state.get("epochs_done", 0))
+    previous_seconds = float(run.read_state().get("train_seconds", 0)) if run.state_path.is_file() else 0.0
     run.write_state({
         "task": "classification",
         "class_names": class_names,
@@ -275,14 +424,15 @@ def train(
         "weights": cfg.model.weights,
         "image_size": list(cfg.data.image_size),
         "num_classes": num_classes,
-        "best_epoch": best_state.get("epoch"),
-        "best_monitor": {cfg.train.monitor: best_state.get("best")},
+        "best_epoch": state.get("best_epoch"),
+        "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": epochs_done,
+        "resumed": resume,
         "data_report": dataset.report,
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": round(previous_seconds + time.time() - started, 1),
     })
     metrics = evaluate_run(run.root, split="test", model=model, dataset=dataset, cfg=cfg)
     write_model_card(run.root)

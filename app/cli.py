@@ -30,7 +30,7 @@ def _quiet_backend() -> None:
     ``TF_CPP_MIN_LOG_LEVEL`` says, so stderr is pointed at a temporary file during the
     import and replayed only if the import fails.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules:
         return
     import tempfile
@@ -115,22 +115,89 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _explain_options(args: argparse.Namespace, methods: str | None):
+    """The explanation settings from ``predict --explain``/``explain`` arguments, or None."""
+    if not methods:
+        return None
+    from medlens.pipelines.explain import ExplainOptions, load_masks, parse_methods
+
+    for name in ("samples", "segments", "steps"):
+        if getattr(args, name) < 1:
+            from medlens.pipelines.errors import ConfigError
+
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return ExplainOptions(
+        methods=parse_methods(methods),
+        class_name=getattr(args, "class_name", None),
+        target_layer=args.layer,
+        lime_samples=max(2, args.samples),
+        lime_segments=args.segments,
+        lime_segmentation=args.segmentation,
+        seed=args.seed,
+        faithfulness=args.faithfulness,
+        faithfulness_steps=args.steps,
+        masks=load_masks(args.masks) if args.masks else {},
+    )
+
+
+def _run_predictions(args: argparse.Namespace, explain, default_folder: str, desc: str) -> int:
     _quiet_backend()
     from medlens.pipelines.predict import Predictor, expand_inputs, predict_paths
 
     predictor = Predictor(args.run)
-    out = Path(args.out) if args.out else Path(args.run) / "predictions" / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path(args.run) / default_folder / time.strftime("%Y%m%d-%H%M%S")
     files, _ = expand_inputs(args.inputs)
-    with _progress_bar(len(files), "predict") as bar:
+    with _progress_bar(len(files), desc) as bar:
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
-                               overwrite=args.overwrite, progress=bar.update, predictor=predictor)
+                               overwrite=args.overwrite, progress=bar.update, predictor=predictor,
+                               explain=explain)
     print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}")
+    if explain is not None and result.rows:
+        print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
+        _print_explanation_summary(result.rows, explain)
     if result.errors:
         print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
         for path, reason in result.errors[:5]:
             print(f"  {path}: {reason}")
     return 0 if result.rows or not result.errors else 1
+
+
+def _print_explanation_summary(rows: list[dict], explain) -> None:
+    from medlens.pipelines.explain import METHODS
+
+    for method in explain.methods:
+        slug = METHODS[method]
+        parts = []
+        for key, label in (("pointing", "peak inside the mask"), ("deletion_auc", "deletion AUC"),
+                           ("insertion_auc", "insertion AUC")):
+            values = [r[f"{slug}_{key}"] for r in rows if r.get(f"{slug}_{key}", "") != ""]
+            if values:
+                mean = sum(values) / len(values)
+                parts.append(f"{label} {mean:.3f} (n {len(values)})")
+        if parts:
+            print(f"  {method}: " + ", ".join(parts))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    return _run_predictions(args, _explain_options(args, args.explain), "predictions", "predict")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    return _run_predictions(args, _explain_options(args, args.method), "explanations", "explain")
+
+
+def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explanations")
+    g.add_argument("--layer", help="Grad-CAM target layer (default: the backbone's last conv map)")
+    g.add_argument("--samples", type=int, default=1000, help="LIME: perturbed images per explanation")
+    g.add_argument("--segments", type=int, default=50, help="LIME: approximate number of superpixels")
+    g.add_argument("--segmentation", default="slic", choices=("slic", "felzenszwalb", "quickshift"),
+                   help="LIME: superpixel algorithm")
+    g.add_argument("--seed", type=int, default=0, help="LIME: sampling seed (same seed, same result)")
+    g.add_argument("--faithfulness", action="store_true",
+                   help="also score each map by deletion and insertion AUC (RISE)")
+    g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
+    g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
 
 
 def cmd_weights_import(args: argparse.Namespace) -> int:
@@ -188,7 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN/predictions/TIMESTAMP)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--explain", metavar="METHODS",
+                   help="explain every prediction: gradcam, gradcam++, lime (comma-separated)")
+    _add_explain_arguments(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="predict and explain images with Grad-CAM, Grad-CAM++ or LIME")
+    p.add_argument("run", help="run directory")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or lime (or several, comma-separated)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
+    p.add_argument("--out", help="output folder (default RUN/explanations/TIMESTAMP)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    _add_explain_arguments(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("weights", help="manage backbone weights for offline sites")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

@@ -3,7 +3,14 @@
 1. Draws synthetic phantoms (lesion present or absent, masks saved) under ``OUT/phantoms/``.
 2. Trains a small CNN on them from scratch (no downloads), two phases, into ``OUT/run/``.
 3. Evaluates on the held-out test split (threshold chosen on validation).
-4. Predicts a fresh set of phantoms (``OUT/phantoms/unseen/``) into ``OUT/predictions/``.
+4. Predicts a fresh set of phantoms (``OUT/phantoms/unseen/``) into ``OUT/predictions/``, with a
+   Grad-CAM and a LIME heatmap beside every prediction, and scores the Grad-CAM maps against the
+   known lesion masks (pointing game: is the map's peak inside the lesion?).
+
+The model is a small CNN with *global max pooling* and a linear head: "is there a lesion
+anywhere?" is a max over positions, and that pooling keeps the class evidence where the
+lesion is, so Grad-CAM points at it (with average pooling and a dense head it scored the
+same AUC but its Grad-CAM peak fell inside the lesion for under a third of the positives).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def demo_config(phantom_folder: str | Path, *, seed: int = 7) -> RunConfig:
                 "augment": "tumour",
                 "batch_size": 32,
             },
-            "model": {"backbone": "small_cnn", "weights": "none", "dropout": 0.2, "dense_units": 64},
+            "model": {"backbone": "small_cnn", "weights": "none", "pooling": "max", "dropout": 0.0,
+                      "dense_units": 0},
             "train": {
                 "phase1": {"epochs": 12, "learning_rate": 0.002, "unfreeze_blocks": -1},
                 "phase2": {"epochs": 4, "learning_rate": 0.0003, "unfreeze_blocks": 2},
@@ -64,6 +72,7 @@ def run_demo(
     Raises:
         RunDirError: ``out`` exists and is not empty, and ``overwrite`` is False.
     """
+    from medlens.pipelines.explain import ExplainOptions, load_masks
     from medlens.pipelines.predict import predict_paths
     from medlens.pipelines.train import train
 
@@ -83,11 +92,17 @@ def run_demo(
     )
 
     unseen = [phantoms / "unseen" / name for name in CLASS_NAMES]
-    predicted = predict_paths(result.run_dir, unseen, out / "predictions", overwrite=overwrite)
+    explain = ExplainOptions(methods=("gradcam", "lime"), masks=load_masks(phantoms / "unseen" / "masks"))
+    predicted = predict_paths(result.run_dir, unseen, out / "predictions", overwrite=overwrite, explain=explain)
     with open(unseen_manifest, newline="") as handle:
         truth = {str((phantoms / "unseen" / row["path"]).resolve()): row["class_name"] for row in csv.DictReader(handle)}
     correct = sum(truth.get(str(Path(r["path"]).resolve())) == r["label"] for r in predicted.rows)
     echo(f"4/4 predicted {len(predicted.rows)} unseen phantoms: {correct} correct → {predicted.predictions_csv}")
+    hits = [r["gradcam_pointing"] for r in predicted.rows
+            if r["gradcam_pointing"] != "" and truth.get(str(Path(r["path"]).resolve())) == r["label"]]
+    if hits:
+        echo(f"    Grad-CAM peak inside the lesion for {sum(hits)} of {len(hits)} correctly classified positives; "
+             f"Grad-CAM and LIME overlays → {predicted.out_dir / 'explanations'}")
     echo("")
     echo(f"run directory:  {result.run_dir}  (model.keras, metrics.json, plots/, model_card.md)")
     echo(f"phantoms:       {phantoms}  (PNG images, masks/, manifest.csv)")
@@ -99,4 +114,6 @@ def run_demo(
         "metrics": test,
         "unseen_correct": correct,
         "unseen_total": len(predicted.rows),
+        "pointing_hits": sum(hits),
+        "pointing_total": len(hits),
     }

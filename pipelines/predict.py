@@ -22,9 +22,10 @@ from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import prepare_image
 from medlens.pipelines.errors import ImageReadError, MedlensError
 from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.run_eval import load_run_model
-from medlens.pipelines.rundir import RunDir, atomic_write_csv, prepare_output_dir
+from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json, prepare_output_dir
 
 __all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths"]
 
@@ -94,10 +95,13 @@ class Predictor:
         self.threshold: float | None = self.state.get("threshold")
         self.preprocess = preprocess_function(self.state["backbone"])
 
+    def resize(self, pixels_list: list[np.ndarray]) -> np.ndarray:
+        """Images (``H×W×C`` in [0, 1]) at the model size as one ``N×H×W×3`` batch in ``0..255``."""
+        return np.stack([prepare_image(p, self.image_size) for p in pixels_list]).astype(np.float32)
+
     def prepare(self, pixels_list: list[np.ndarray]) -> np.ndarray:
         """Resize and preprocess images (``H×W×C`` in [0, 1]) into one model batch."""
-        batch = np.stack([prepare_image(p, self.image_size) for p in pixels_list]).astype(np.float32)
-        return self.preprocess(batch)
+        return self.preprocess(self.resize(pixels_list))
 
     def predict_pixels(self, pixels_list: list[np.ndarray]) -> np.ndarray:
         """Probabilities ``N×K`` for a list of images."""
@@ -138,11 +142,16 @@ def predict_paths(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     predictor: Predictor | None = None,
+    explain: ExplainOptions | None = None,
 ) -> PredictResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
     ``predictions.csv`` columns: ``path, frame, label, p_<class>…, threshold``.
     ``errors.csv`` columns: ``path, error`` (header only when nothing failed).
+    ``predictions.json`` holds the same rows plus, with ``explain``, per-image details
+    (LIME superpixel weights and top regions) and the time each method took.
+    With ``explain``, overlays and maps go to ``out_dir/explanations/`` and their
+    paths and summaries are added as columns (see :func:`medlens.pipelines.explain.column_names`).
 
     Args:
         run_dir: a finished run directory.
@@ -152,9 +161,11 @@ def predict_paths(
         overwrite: allow writing into a non-empty ``out_dir``.
         progress: called with the number of files finished since the last call.
         predictor: reuse an already loaded :class:`Predictor`.
+        explain: also explain every image (Grad-CAM, Grad-CAM++, LIME).
     """
     predictor = predictor or Predictor(run_dir)
     out = prepare_output_dir(out_dir, overwrite=overwrite)
+    explainer = Explainer(predictor, explain, out) if explain is not None else None
     files, errors = expand_inputs(inputs)
     rows: list[dict[str, Any]] = []
     pending: list[ImageRecord] = []
@@ -162,8 +173,18 @@ def predict_paths(
     def flush() -> None:
         if not pending:
             return
-        probabilities = predictor.predict_pixels([r.pixels for r in pending])
-        for record, probs in zip(pending, probabilities, strict=True):
+        extra: list[dict[str, Any]] = [{} for _ in pending]
+        probabilities = None
+        if explainer is not None:
+            try:
+                probabilities, extra = explainer.explain(pending)
+            except Exception as exc:  # an explanation bug must not cost the predictions
+                log.exception("explaining a batch failed")
+                reason = f"explanation failed: {getattr(exc, 'reason', exc)}".splitlines()[0]
+                errors.extend((r.path if r.frame is None else f"{r.path}#{r.frame}", reason) for r in pending)
+        if probabilities is None:
+            probabilities = predictor.predict_pixels([r.pixels for r in pending])
+        for record, probs, fields in zip(pending, probabilities, extra, strict=True):
             row: dict[str, Any] = {
                 "path": record.path,
                 "frame": "" if record.frame is None else record.frame,
@@ -171,6 +192,7 @@ def predict_paths(
             }
             row.update({f"p_{name}": round(float(p), 6) for name, p in zip(predictor.class_names, probs, strict=True)})
             row["threshold"] = "" if predictor.threshold is None else round(float(predictor.threshold), 6)
+            row.update(fields)
             rows.append(row)
         pending.clear()
 
@@ -185,7 +207,25 @@ def predict_paths(
     flush()
 
     header = ["path", "frame", "label", *[f"p_{n}" for n in predictor.class_names], "threshold"]
-    predictions_csv = atomic_write_csv(out / "predictions.csv", header, ([r[h] for h in header] for r in rows))
+    if explain is not None:
+        header += column_names(explain)
+    predictions_csv = atomic_write_csv(
+        out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows)
+    )
+    atomic_write_json(out / "predictions.json", {
+        "run": str(predictor.run.root),
+        "class_names": predictor.class_names,
+        "threshold": predictor.threshold,
+        "explain": None if explainer is None else {
+            "methods": list(explain.methods),
+            "class": explain.class_name,
+            "lime_samples": explain.lime_samples if "lime" in explain.methods else None,
+            "seed": explain.seed,
+            "seconds": {m: round(t, 3) for m, t in explainer.seconds.items()},
+        },
+        "rows": rows,
+        "errors": [{"path": p, "error": e} for p, e in errors],
+    })
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
     if errors:
         log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)

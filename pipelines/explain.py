@@ -1,0 +1,352 @@
+"""Explanations alongside predictions: Grad-CAM, Grad-CAM++ and LIME for every image of a batch.
+
+:class:`Explainer` is built once from a loaded :class:`~medlens.pipelines.predict.Predictor`
+and called with each prediction batch. For every image it
+
+* explains the class the prediction reports (the validation threshold's label for
+  binary runs, the argmax otherwise) or a class the user names;
+* writes, per method, an overlay PNG at the image's *own* resolution (colour map
+  blended onto the original, RGB order) and the map itself as ``.npy`` at the
+  model input size (Grad-CAM/Grad-CAM++: ``[0, 1]``; LIME: signed ``[-1, 1]``);
+* returns summary fields for ``predictions.csv`` (overlay and map paths relative to
+  the output folder, the peak's row/column in the original image, the area above
+  half the peak) and, when asked, faithfulness scores: deletion and insertion AUC
+  (RISE) and the pointing game against a lesion mask.
+
+Grad-CAM's gradient step also yields the model output, so a batch explained with
+Grad-CAM costs about one forward-and-backward pass, not a forward pass plus that.
+
+Example:
+    >>> from medlens.pipelines.predict import Predictor     # doctest: +SKIP
+    >>> explainer = Explainer(Predictor("runs/demo"), ExplainOptions(methods=("gradcam", "lime")),
+    ...                       out_dir="out")                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.faithfulness import deletion_auc, insertion_auc, resize_map
+from medlens.pipelines.gradcam import GradCAM
+from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
+from medlens.pipelines.io import ImageRecord, list_images, read_image
+from medlens.pipelines.lime import LimeExplainer
+from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medlens.pipelines.predict import Predictor
+
+__all__ = ["METHODS", "ExplainOptions", "Explainer", "parse_methods", "load_masks", "column_names"]
+
+log = logging.getLogger(__name__)
+
+#: Method name → file/column slug.
+METHODS: dict[str, str] = {"gradcam": "gradcam", "gradcam++": "gradcampp", "lime": "lime"}
+_CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+_GREEN = np.array([0, 255, 0], np.uint8)
+_RED = np.array([255, 0, 0], np.uint8)
+
+
+def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    """``"gradcam,lime"`` (or a list) → validated, de-duplicated method names in the given order.
+
+    Raises:
+        ConfigError: An unknown method, or none at all.
+    """
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    names: list[str] = []
+    for item in items:
+        name = item.strip().lower().replace("gradcampp", "gradcam++").replace("grad-cam", "gradcam")
+        if not name:
+            continue
+        if name not in METHODS:
+            raise ConfigError(f"unknown explanation method {item.strip()!r}; choose from {', '.join(METHODS)}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ConfigError(f"no explanation method given; choose from {', '.join(METHODS)}")
+    return tuple(names)
+
+
+@dataclass
+class ExplainOptions:
+    """What to explain and how.
+
+    Attributes:
+        methods: Any of ``gradcam``, ``gradcam++``, ``lime``.
+        class_name: Explain this class for every image instead of the predicted one.
+        target_layer: Grad-CAM layer (default: the backbone's last convolutional map).
+        lime_samples: Perturbed images per LIME explanation (the original included).
+        lime_segments: Approximate number of superpixels.
+        lime_segmentation: ``slic`` (default), ``felzenszwalb`` or ``quickshift``.
+        lime_batch_size: Images per forward pass while LIME predicts its samples.
+        lime_top_k: Regions of each sign outlined on the LIME overlay.
+        seed: LIME's sampling seed; the same seed gives bit-identical explanations.
+        alpha: Opacity of the heatmap colour on the overlays.
+        faithfulness: Also compute deletion and insertion AUC for each map (costs
+            ``faithfulness_steps + 1`` forward passes per curve and image).
+        faithfulness_steps: Points on each deletion/insertion curve.
+        masks: Stem (lower case) → mask file, for the pointing game (see :func:`load_masks`).
+    """
+
+    methods: tuple[str, ...] = ("gradcam",)
+    class_name: str | None = None
+    target_layer: str | None = None
+    lime_samples: int = 1000
+    lime_segments: int = 50
+    lime_segmentation: str = "slic"
+    lime_batch_size: int = 64
+    lime_top_k: int = 5
+    seed: int = 0
+    alpha: float = 0.4
+    faithfulness: bool = False
+    faithfulness_steps: int = 20
+    masks: dict[str, Path] = field(default_factory=dict)
+
+
+def load_masks(folder: str | Path) -> dict[str, Path]:
+    """Index a folder of lesion masks by file stem (lower case), for the pointing game.
+
+    A mask belongs to the image with the same stem (``masks/case_01.png`` ↔
+    ``images/case_01.dcm``); ``_mask`` / ``-mask`` suffixes are ignored.
+
+    Raises:
+        ConfigError: The folder does not exist or holds no image files.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: mask folder does not exist")
+    found = {}
+    for path in list_images(root):
+        stem = re.sub(r"[_-]mask$", "", path.stem.lower())
+        found.setdefault(stem, path)
+    if not found:
+        raise ConfigError(f"{root}: mask folder holds no image files")
+    return found
+
+
+def column_names(options: ExplainOptions) -> list[str]:
+    """The ``predictions.csv`` columns an explanation adds, in order."""
+    columns = ["explained_class"]
+    for method in options.methods:
+        slug = METHODS[method]
+        columns += [f"{slug}_overlay", f"{slug}_map", f"{slug}_peak_row", f"{slug}_peak_col", f"{slug}_area"]
+        if method == "lime":
+            columns.append("lime_fit_r2")
+        if options.masks:
+            columns.append(f"{slug}_pointing")
+        if options.faithfulness:
+            columns += [f"{slug}_deletion_auc", f"{slug}_insertion_auc"]
+    return columns
+
+
+def _file_stem(record: ImageRecord) -> str:
+    # Readable name plus a hash of the full path: two "image.png" in different folders never collide.
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(record.path).stem)[:60] or "image"
+    digest = hashlib.sha1(str(Path(record.path).resolve()).encode()).hexdigest()[:8]
+    frame = "" if record.frame is None else f"-f{int(record.frame):04d}"
+    return f"{name}-{digest}{frame}"
+
+
+def _peak(saliency: np.ndarray) -> tuple[int, int]:
+    row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    return int(row), int(col)
+
+
+def _outline_regions(canvas: np.ndarray, segments: np.ndarray, ids: list[int], colour: np.ndarray) -> None:
+    if not ids:
+        return
+    labels = np.where(np.isin(segments, ids), segments + 1, 0)
+    thick = max(1, round(max(canvas.shape[:2]) / 300))
+    edges = find_boundaries(labels, mode="inner", background=0)
+    if thick > 1:
+        edges = cv2.dilate(edges.astype(np.uint8), np.ones((thick, thick), np.uint8)) > 0
+    canvas[edges] = colour
+
+
+class Explainer:
+    """Explains prediction batches and writes the overlays and maps under ``out_dir/explanations``.
+
+    Args:
+        predictor: A loaded run.
+        options: Methods and settings.
+        out_dir: The prediction output folder; paths in the summary are relative to it.
+
+    Raises:
+        ConfigError: An unknown class name or target layer.
+    """
+
+    def __init__(self, predictor: Predictor, options: ExplainOptions, out_dir: str | Path):
+        self.predictor = predictor
+        self.options = options
+        self.out_dir = Path(out_dir)
+        self.folder = self.out_dir / "explanations"
+        self.class_index: int | None = None
+        if options.class_name is not None:
+            names = predictor.class_names
+            if options.class_name not in names:
+                raise ConfigError(f"class {options.class_name!r} is not one of this run's classes: {', '.join(names)}")
+            self.class_index = names.index(options.class_name)
+        self.cams = {m: _CAMS[m](predictor.model, options.target_layer) for m in options.methods if m in _CAMS}
+        self.lime = None
+        if "lime" in options.methods:
+            self.lime = LimeExplainer(
+                self.predict_rgb,
+                segmentation=options.lime_segmentation,
+                n_segments=options.lime_segments,
+                num_samples=options.lime_samples,
+                batch_size=options.lime_batch_size,
+                seed=options.seed,
+            )
+        self.seconds: dict[str, float] = dict.fromkeys(options.methods, 0.0)
+
+    # ------------------------------------------------------------------ model access
+    def predict_rgb(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, H, W, 3)`` RGB ``0..255`` at the model size → ``(B, K)`` probabilities."""
+        output = self.predictor.model.predict_on_batch(self.predictor.preprocess(batch))
+        return to_probabilities(np.asarray(output), len(self.predictor.class_names))
+
+    def _target_classes(self, probabilities: np.ndarray) -> np.ndarray:
+        if self.class_index is not None:
+            return np.full(len(probabilities), self.class_index, np.int32)
+        names = self.predictor.class_names
+        return np.array([names.index(self.predictor.label_for(p)) for p in probabilities], np.int32)
+
+    # ------------------------------------------------------------------ one batch
+    def explain(self, records: list[ImageRecord]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Predict and explain one batch.
+
+        Returns:
+            ``(probabilities N×K, fields)``: one dict of ``predictions.csv`` fields
+            (see :func:`column_names`) per record, plus a ``"details"`` entry for the
+            JSON output (LIME's superpixel weights and top regions).
+        """
+        resized = self.predictor.resize([r.pixels for r in records])
+        model_batch = self.predictor.preprocess(resized)
+        probabilities, cam_results = self._cams(model_batch)
+        targets = self._target_classes(probabilities)
+        fields: list[dict[str, Any]] = [
+            {"explained_class": self.predictor.class_names[t], "details": {}} for t in targets
+        ]
+        stems = [_file_stem(r) for r in records]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for method in self.options.methods:
+            started = time.perf_counter()
+            slug = METHODS[method]
+            if method in self.cams:
+                result = cam_results.get(method)
+                if result is None:
+                    result = self.cams[method](model_batch, class_index=targets)
+                else:
+                    redo = np.flatnonzero(result.class_index != targets)
+                    if redo.size:
+                        again = self.cams[method](model_batch[redo], class_index=targets[redo])
+                        result.maps[redo], result.empty[redo] = again.maps, again.empty
+                        result.class_index[redo] = targets[redo]
+                maps = list(result.maps)
+                for i, empty in enumerate(result.empty):
+                    fields[i][f"{slug}_empty"] = bool(empty)
+            else:
+                maps = []
+                for i in range(len(records)):
+                    lime = self.lime.explain(resized[i], class_index=int(targets[i]))
+                    maps.append(lime.map)
+                    fields[i]["lime_fit_r2"] = round(lime.score, 4)
+                    fields[i]["details"]["lime"] = {
+                        "weights": [round(float(w), 6) for w in lime.weights],
+                        "top_positive": lime.top_regions(self.options.lime_top_k, positive=True),
+                        "top_negative": lime.top_regions(self.options.lime_top_k, positive=False),
+                        "segments": int(lime.segments.max()) + 1,
+                        "samples": lime.num_samples,
+                    }
+                    fields[i]["_lime_segments"] = lime.segments
+            for i, record in enumerate(records):
+                fields[i].update(self._write(method, record, stems[i], maps[i], fields[i]))
+                if self.options.faithfulness:
+                    saliency = np.clip(maps[i], 0.0, None)
+                    fields[i][f"{slug}_deletion_auc"] = round(
+                        deletion_auc(self.predict_rgb, resized[i], saliency, int(targets[i]),
+                                     steps=self.options.faithfulness_steps), 4)
+                    fields[i][f"{slug}_insertion_auc"] = round(
+                        insertion_auc(self.predict_rgb, resized[i], saliency, int(targets[i]),
+                                      steps=self.options.faithfulness_steps), 4)
+            self.seconds[method] += time.perf_counter() - started
+        for item in fields:
+            item.pop("_lime_segments", None)
+        return probabilities, fields
+
+    def _cams(self, model_batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Probabilities for the batch, from the first CAM's gradient step when there is one."""
+        if not self.cams:
+            output = self.predictor.model.predict_on_batch(model_batch)
+            return to_probabilities(np.asarray(output), len(self.predictor.class_names)), {}
+        method, cam = next(iter(self.cams.items()))
+        started = time.perf_counter()
+        # Explain each image's argmax class first; images whose reported class differs
+        # (a binary threshold other than 0.5, or a named class) are redone with it.
+        result = cam(model_batch, class_index=self.class_index)
+        self.seconds[method] += time.perf_counter() - started
+        probabilities = to_probabilities(result.probabilities, len(self.predictor.class_names))
+        return probabilities, {method: result}
+
+    def _write(self, method: str, record: ImageRecord, stem: str, saliency: np.ndarray,
+               item: dict[str, Any]) -> dict[str, Any]:
+        """Overlay PNG at the original size, the map as .npy, and the map's summary fields."""
+        slug = METHODS[method]
+        height, width = record.pixels.shape[:2]
+        full = resize_map(saliency, (height, width))
+        if method == "lime":
+            overlay = signed_overlay(record.pixels, full, alpha=min(1.0, self.options.alpha + 0.2))
+            segments = cv2.resize(item["_lime_segments"].astype(np.int32), (width, height),
+                                  interpolation=cv2.INTER_NEAREST)
+            details = item["details"]["lime"]
+            _outline_regions(overlay, segments, details["top_negative"], _RED)
+            _outline_regions(overlay, segments, details["top_positive"], _GREEN)
+            positive = np.clip(full, 0.0, None)
+        else:
+            overlay = heatmap_overlay(record.pixels, full, alpha=self.options.alpha)
+            positive = full
+        overlay_path = save_png(self.folder / f"{stem}.{slug}.png", overlay)
+        map_path = save_npy(self.folder / f"{stem}.{slug}.npy", saliency.astype(np.float32))
+        peak_value = float(positive.max())
+        row, col = _peak(positive)
+        fields: dict[str, Any] = {
+            f"{slug}_overlay": overlay_path.relative_to(self.out_dir).as_posix(),
+            f"{slug}_map": map_path.relative_to(self.out_dir).as_posix(),
+            f"{slug}_peak_row": row if peak_value > 0 else "",
+            f"{slug}_peak_col": col if peak_value > 0 else "",
+            f"{slug}_area": round(float(np.mean(positive >= 0.5 * peak_value)), 4) if peak_value > 0 else 0.0,
+        }
+        if self.options.masks:
+            fields[f"{slug}_pointing"] = self._pointing(record, positive, row, col, peak_value)
+        return fields
+
+    def _pointing(self, record: ImageRecord, positive: np.ndarray, row: int, col: int, peak: float) -> Any:
+        """1 when the map's peak lies in the image's lesion mask, 0 when not, blank without a mask."""
+        mask_path = self.options.masks.get(Path(record.path).stem.lower())
+        if mask_path is None or record.frame not in (None, 0):
+            return ""
+        try:
+            mask = read_image(mask_path).pixels
+        except MedlensError as exc:
+            log.warning("mask %s unreadable: %s", mask_path, exc)
+            return ""
+        mask = mask.max(axis=-1) if mask.ndim == 3 else mask
+        if mask.shape != positive.shape:
+            mask = cv2.resize(mask.astype(np.float32), positive.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        if not (mask > 0).any():
+            return ""  # no lesion: the pointing game does not apply
+        return int(peak > 0 and mask[row, col] > 0)

@@ -1,0 +1,166 @@
+"""Explanations alongside predictions: `predict --explain`, `medlens explain`, overlays, faithfulness."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from medlens.app.cli import main
+from medlens.pipelines.explain import ExplainOptions, load_masks, parse_methods
+from medlens.pipelines.phantoms import CLASS_NAMES, write_phantoms
+from medlens.pipelines.predict import predict_paths
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo's own model (small CNN, global max pooling) trained on the demo's phantoms."""
+    from medlens.app.demo import demo_config
+    from medlens.pipelines.train import train
+
+    folder = tmp_path_factory.mktemp("demo")
+    write_phantoms(folder / "phantoms", count=320, size=64, seed=1)
+    return train(demo_config(folder / "phantoms"), folder / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def fresh_phantoms(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fresh")
+    write_phantoms(folder, count=120, size=64, seed=11)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory, phantom_dir, shared_data) -> Path:
+    """A 16-bit grey PNG of odd size, an RGB JPEG, a 10-frame DICOM and a broken file."""
+    folder = tmp_path_factory.mktemp("mixed")
+    lesion = cv2.imread(str(sorted((phantom_dir / "lesion").iterdir())[0]), cv2.IMREAD_GRAYSCALE)
+    wide = cv2.resize(lesion, (131, 89), interpolation=cv2.INTER_LINEAR).astype(np.uint16) * 200
+    cv2.imwrite(str(folder / "wide 16-bit.png"), wide)
+    rgb = cv2.cvtColor(cv2.resize(lesion, (75, 75)), cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(folder / "colour.jpg"), rgb)
+    (folder / "frames.dcm").write_bytes((shared_data / "dicom_samples" / "emri_small.dcm").read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+@pytest.mark.slow
+def test_gradcam_peak_falls_inside_the_lesion_on_demo_phantoms(demo_run, fresh_phantoms, tmp_path):
+    explain = ExplainOptions(methods=("gradcam", "gradcam++"), masks=load_masks(fresh_phantoms / "masks"))
+    result = predict_paths(demo_run, [fresh_phantoms / name for name in CLASS_NAMES], tmp_path / "out",
+                           explain=explain)
+    truth = {row["path"].split("/")[-1]: row["class_name"] for row in _rows(fresh_phantoms / "manifest.csv")}
+    correct_positives = [r for r in result.rows if r["label"] == "lesion" == truth[Path(r["path"]).name]]
+    assert len(correct_positives) >= 45
+    for slug in ("gradcam", "gradcampp"):
+        hits = [r[f"{slug}_pointing"] for r in correct_positives]
+        assert set(hits) <= {0, 1}
+        rate = float(np.mean(hits))
+        # Measured 0.968 (Grad-CAM) and 0.984 (Grad-CAM++) on 62 positives; the issue's bar is 0.90.
+        assert rate >= 0.90, (slug, rate, len(hits))
+    # Negatives have an empty mask: the pointing game does not apply to them.
+    negatives = [r for r in result.rows if truth[Path(r["path"]).name] == "no_lesion"]
+    assert negatives and all(r["gradcam_pointing"] == "" for r in negatives)
+
+
+def test_predict_explain_writes_overlays_at_each_images_own_size(tiny_run, mixed_inputs, tmp_path):
+    out = tmp_path / "out"
+    code = main(["predict", str(tiny_run), str(mixed_inputs), "--out", str(out),
+                 "--explain", "gradcam,lime", "--samples", "60", "--segments", "12"])
+    assert code == 0
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 1 + 1 + 10  # PNG, JPEG, ten DICOM frames; the broken PNG is listed, not lost
+    errors = _rows(out / "errors.csv")
+    assert [Path(e["path"]).name for e in errors] == ["broken.png"]
+
+    overlays = {row[f"{m}_overlay"] for row in rows for m in ("gradcam", "lime")}
+    assert len(overlays) == 24  # one per image and method: the DICOM frames never overwrite each other
+    for row in rows:
+        name = Path(row["path"]).name
+        expected = {"wide 16-bit.png": (89, 131), "colour.jpg": (75, 75), "frames.dcm": (64, 64)}[name]
+        for method in ("gradcam", "lime"):
+            overlay = cv2.imread(str(out / row[f"{method}_overlay"]), cv2.IMREAD_UNCHANGED)
+            assert overlay.shape == (*expected, 3), (name, method)
+            saliency = np.load(out / row[f"{method}_map"])
+            assert saliency.shape == (48, 48)  # the model's input size
+        gradcam = np.load(out / row["gradcam_map"])
+        assert 0.0 <= gradcam.min() and gradcam.max() <= 1.0
+        lime = np.load(out / row["lime_map"])
+        assert -1.0 <= lime.min() and lime.max() <= 1.0 and np.abs(lime).max() == pytest.approx(1.0)
+        assert row["explained_class"] == row["label"]
+        assert 0 <= int(row["gradcam_peak_row"]) < expected[0] and 0 <= int(row["gradcam_peak_col"]) < expected[1]
+
+    # Colour order: at the Grad-CAM peak the jet colour map is red, where the map is lowest it is blue.
+    row = next(r for r in rows if Path(r["path"]).name == "wide 16-bit.png")
+    overlay = cv2.cvtColor(cv2.imread(str(out / row["gradcam_overlay"])), cv2.COLOR_BGR2RGB).astype(int)
+    full = cv2.resize(np.load(out / row["gradcam_map"]), (131, 89), interpolation=cv2.INTER_LINEAR)
+    peak = np.unravel_index(full.argmax(), full.shape)
+    low = np.unravel_index(full.argmin(), full.shape)
+    assert overlay[peak][0] > overlay[peak][2] and overlay[low][2] > overlay[low][0]
+
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["explain"]["methods"] == ["gradcam", "lime"] and len(report["rows"]) == 12
+    details = report["rows"][0]["details"]["lime"]
+    assert details["samples"] == 60 and len(details["weights"]) == details["segments"]
+    assert details["top_positive"] and all(details["weights"][i] > 0 for i in details["top_positive"])
+
+
+def test_explaining_does_not_change_the_predictions(tiny_run, mixed_inputs, tmp_path):
+    plain = predict_paths(tiny_run, [mixed_inputs], tmp_path / "plain")
+    explained = predict_paths(tiny_run, [mixed_inputs], tmp_path / "explained",
+                              explain=ExplainOptions(methods=("gradcam++",)))
+    assert [r["label"] for r in plain.rows] == [r["label"] for r in explained.rows]
+    for a, b in zip(plain.rows, explained.rows, strict=True):
+        assert a["p_lesion"] == pytest.approx(b["p_lesion"], abs=1e-5)
+
+
+def test_lime_is_bit_identical_for_a_seed(tiny_run, phantom_dir, tmp_path):
+    image = sorted((phantom_dir / "lesion").iterdir())[1]
+    maps = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        result = predict_paths(tiny_run, [image], tmp_path / name,
+                               explain=ExplainOptions(methods=("lime",), lime_samples=80, seed=seed))
+        maps.append(np.load(tmp_path / name / result.rows[0]["lime_map"]))
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert not np.array_equal(maps[0], maps[2])
+
+
+def test_explain_command_named_class_faithfulness_and_errors(tiny_run, phantom_dir, tmp_path, capsys):
+    images = sorted((phantom_dir / "lesion").iterdir())[:3]
+    out = tmp_path / "out"
+    code = main(["explain", str(tiny_run), *map(str, images), "--method", "gradcam++", "--class", "no_lesion",
+                 "--faithfulness", "--steps", "8", "--masks", str(phantom_dir / "masks"), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "gradcam++: peak inside the mask" in printed and "deletion AUC" in printed
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 3 and all(r["explained_class"] == "no_lesion" for r in rows)
+    for row in rows:
+        assert 0.0 <= float(row["gradcampp_deletion_auc"]) <= 1.0
+        assert 0.0 <= float(row["gradcampp_insertion_auc"]) <= 1.0
+        assert row["gradcampp_pointing"] in ("0", "1")
+
+    for argv, message in (
+        (["--method", "gradcam,shap"], "unknown explanation method 'shap'"),
+        (["--class", "tumour"], "class 'tumour' is not one of this run's classes: no_lesion, lesion"),
+        (["--masks", str(tmp_path / "nowhere")], "mask folder does not exist"),
+        (["--samples", "0", "--method", "lime"], "--samples must be at least 1"),
+    ):
+        code = main(["explain", str(tiny_run), str(images[0]), "--out", str(tmp_path / "x"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (argv, err)
+    # Nothing a user made is overwritten: the same --out again is refused.
+    assert main(["explain", str(tiny_run), str(images[0]), "--out", str(out)]) == 2
+
+
+def test_parse_methods():
+    assert parse_methods("gradcam, Grad-CAM++ ,lime,gradcam") == ("gradcam", "gradcam++", "lime")
+    assert parse_methods(["gradcampp"]) == ("gradcam++",)

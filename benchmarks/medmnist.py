@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from common import machine_info, write_atomic, write_json  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -175,36 +175,6 @@ def _setting(overrides: list[str], key: str) -> str | None:
         if name == key:
             value = raw
     return value
-
-
-def _machine() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
 
 
 class _EpochPrinter:
@@ -471,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     started = time.time()
-    machine = _machine()
+    machine = machine_info()
     runs_dir = args.runs_dir.expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     common = COMMON + [f"seed={args.seed}"]
@@ -554,10 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "medmnist_quick" if args.quick else "medmnist"
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     markdown = _markdown(report)
-    for path, text in ((json_path, json.dumps(report, indent=2) + "\n"), (md_path, markdown)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_json(json_path, report)
+    write_atomic(md_path, markdown)
 
     _say("")
     _say(markdown)

@@ -273,6 +273,7 @@ class Explainer:
                         "samples": lime.num_samples,
                     }
                     fields[i]["_lime_segments"] = lime.segments
+                    fields[i]["_lime_peak"] = lime.peak()
             for i, record in enumerate(records):
                 fields[i].update(self._write(method, record, stems[i], maps[i], fields[i]))
                 if self.options.faithfulness:
@@ -286,6 +287,7 @@ class Explainer:
             self.seconds[method] += time.perf_counter() - started
         for item in fields:
             item.pop("_lime_segments", None)
+            item.pop("_lime_peak", None)
         return probabilities, fields
 
     def _cams(self, model_batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -323,6 +325,11 @@ class Explainer:
         map_path = save_npy(self.folder / f"{stem}.{slug}.npy", saliency.astype(np.float32))
         peak_value = float(positive.max())
         row, col = _peak(positive)
+        if method == "lime" and item.get("_lime_peak") is not None:
+            # Centre of the strongest superpixel, mapped to the original image.
+            model_row, model_col = item["_lime_peak"]
+            row = min(height - 1, int((model_row + 0.5) * height / saliency.shape[0]))
+            col = min(width - 1, int((model_col + 0.5) * width / saliency.shape[1]))
         fields: dict[str, Any] = {
             f"{slug}_overlay": overlay_path.relative_to(self.out_dir).as_posix(),
             f"{slug}_map": map_path.relative_to(self.out_dir).as_posix(),

@@ -57,7 +57,7 @@ from sklearn.linear_model import Ridge
 
 from medlens.pipelines.faithfulness import PredictFn, as_rgb_image, class_probabilities, make_baseline
 
-__all__ = ["LimeExplainer", "LimeResult", "SEGMENTATIONS", "segment_image"]
+__all__ = ["LimeExplainer", "LimeResult", "SEGMENTATIONS", "region_centre", "segment_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,17 @@ class LimeResult:
         order = np.argsort(-signed, kind="stable")
         return [int(i) for i in order[:k] if signed[i] > 0]
 
+    def peak(self) -> tuple[int, int] | None:
+        """``(row, col)`` inside the strongest positive superpixel, at its most central pixel.
+
+        The map is constant over a superpixel, so its ``argmax`` would be the region's
+        first pixel in raster order (often a corner); the pixel nearest the region's
+        centroid (inside it, even for a curved region) says better where LIME points.
+        None when no superpixel has a positive weight.
+        """
+        top = self.top_regions(1, positive=True)
+        return None if not top else region_centre(self.segments, top[0])
+
     def outline(self, image: np.ndarray, k: int = 5) -> np.ndarray:
         """Draw the outlines of the top ``k`` positive regions in green and negative ones in red.
 
@@ -143,6 +154,21 @@ class LimeResult:
             labels = np.where(np.isin(self.segments, ids), self.segments + 1, 0)
             canvas[find_boundaries(labels, mode="inner", background=0)] = colour
         return canvas
+
+
+def region_centre(segments: np.ndarray, region: int) -> tuple[int, int]:
+    """The pixel of ``region`` nearest its centroid, as ``(row, col)``.
+
+    Example:
+        >>> segments = np.zeros((5, 5), int); segments[1:4, 1:4] = 1
+        >>> region_centre(segments, 1)
+        (2, 2)
+    """
+    points = np.argwhere(segments == region)
+    if points.size == 0:
+        raise ValueError(f"region {region} is not in the segmentation")
+    nearest = np.argmin(((points - points.mean(axis=0)) ** 2).sum(axis=1))
+    return int(points[nearest][0]), int(points[nearest][1])
 
 
 def _relabel(segments: np.ndarray) -> np.ndarray:

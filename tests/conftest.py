@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests never reach the internet: ImageNet downloads fail fast with our own error.
 os.environ["MEDLENS_OFFLINE"] = "1"
 

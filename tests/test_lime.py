@@ -60,6 +60,14 @@ def test_top_region_lies_on_the_square(segmentation):
     assert result.positive_map.min() >= 0.0
     assert 0.0 < result.score <= 1.0
     assert result.segments.max() + 1 == result.weights.size
+    row, col = result.peak()
+    assert result.segments[row, col] == top and ROWS.start <= row < ROWS.stop and COLS.start <= col < COLS.stop
+
+
+def test_peak_is_none_without_positive_evidence():
+    result, _ = explain(image=np.full((SIZE, SIZE, 3), 60.0, np.float32))
+    flat = LimeResult(result.segments, np.zeros_like(result.weights), 0.0, 0.0, 1, result.map * 0, result.map * 0)
+    assert flat.peak() is None
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs():

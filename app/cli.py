@@ -66,7 +66,7 @@ def _default_run_dir(name: str) -> Path:
 
 
 def _print_metrics(metrics: dict, header: str) -> None:
-    keys = ("n", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "threshold")
+    keys = ("n", "dice", "iou", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "threshold")
     parts = []
     for key in keys:
         value = metrics.get(key)
@@ -94,7 +94,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("give a preset name or a YAML config (see `medlens presets`), or --resume RUN")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_run_dir(cfg.name)
-    print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
+    if cfg.task == "segmentation":
+        encoder = "" if cfg.model.encoder == "none" else f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"
+        print(f"training {cfg.name}: {cfg.model.architecture}{encoder} → {out}")
+    else:
+        print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
     result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity())
     _print_metrics(result.metrics, "test")
     print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs, {result.seconds:.0f} s)")
@@ -104,8 +108,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.pipelines.rundir import RunDir
 
-    RunDir(args.run).require()
+    run = RunDir(args.run).require()
     _quiet_backend()
+    if run.read_state().get("task") == "segmentation":
+        from medlens.pipelines.segtrain import evaluate_segmentation, write_seg_model_card
+
+        result = evaluate_segmentation(args.run, split=args.split)
+        write_seg_model_card(args.run)
+        _print_metrics({"n": result["n"], **result["pooled"]}, f"{args.split} (pooled over pixels)")
+        _print_metrics(result["mean"], f"{args.split} (mean per image)")
+        print(f"metrics: {run.metrics_path}; per image: {run.root / f'per_image_{args.split}.csv'}")
+        return 0
     from medlens.pipelines.run_eval import evaluate_run, write_model_card
 
     metrics = evaluate_run(args.run, split=args.split)
@@ -113,6 +126,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics(metrics, args.split)
     print(f"metrics: {Path(args.run) / 'metrics.json'}; plots: {Path(args.run) / 'plots'}")
     return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from medlens.pipelines.rundir import RunDir
+
+    RunDir(args.run).require()
+    _quiet_backend()
+    from medlens.pipelines.predict import expand_inputs
+    from medlens.pipelines.segpredict import segment_paths
+    from medlens.pipelines.segtrain import SegModel
+
+    model = SegModel(args.run)
+    out = Path(args.out) if args.out else Path(args.run) / "segmentations" / time.strftime("%Y%m%d-%H%M%S")
+    files, _ = expand_inputs(args.inputs)
+    with _progress_bar(len(files), "segment") as bar:
+        result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
+                               explain=args.explain, threshold=args.threshold, progress=bar.update, model=model)
+    print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
+          + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
+    if result.errors:
+        print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
+        for path, reason in result.errors[:5]:
+            print(f"  {path}: {reason}")
+    return 0 if result.rows or not result.errors else 1
 
 
 def _explain_options(args: argparse.Namespace, methods: str | None):
@@ -270,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     _add_explain_arguments(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("segment", help="segment images, folders, DICOM or NIfTI files with a segmentation run")
+    p.add_argument("run", help="segmentation run directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--out", help="output folder (default RUN/segmentations/TIMESTAMP)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep results for inputs unchanged since the last run into --out (by content hash)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("weights", help="manage backbone weights for offline sites")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

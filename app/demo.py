@@ -6,6 +6,9 @@
 4. Predicts a fresh set of phantoms (``OUT/phantoms/unseen/``) into ``OUT/predictions/``, with a
    Grad-CAM and a LIME heatmap beside every prediction, and scores the Grad-CAM maps against the
    known lesion masks (pointing game: is the map's peak inside the lesion?).
+5. Trains a tiny U-Net on the phantoms' lesion masks (``OUT/seg-run/``) and segments the unseen
+   phantoms in batch (``OUT/segmentations/``: masks, probability maps, overlays, Seg-Grad-CAM),
+   scored by Dice against their true masks.
 
 The model is a small CNN with *global max pooling* and a linear head: "is there a lesion
 anywhere?" is a max over positions, and that pooling keeps the class evidence where the
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medlens.pipelines.config import RunConfig, load_config
+from medlens.pipelines.config import RunConfig, SegRunConfig, load_config
 from medlens.pipelines.phantoms import CLASS_NAMES, write_phantoms
 from medlens.pipelines.rundir import prepare_output_dir
 
@@ -59,6 +62,34 @@ def demo_config(phantom_folder: str | Path, *, seed: int = 7) -> RunConfig:
     )
 
 
+def demo_seg_config(phantom_folder: str | Path, *, seed: int = 7) -> SegRunConfig:
+    """The demo's segmentation configuration: a tiny U-Net on whole 64-px phantoms."""
+    return load_config(
+        {
+            "name": "demo-lesion-segmentation",
+            "task": "segmentation",
+            "seed": seed,
+            "data": {
+                "kind": "csv",
+                "root": str(Path(phantom_folder).resolve()),
+                "manifest": "manifest.csv",
+                "columns": {"image": "path", "mask": "mask"},
+                "mode": "whole",
+                "image_size": [DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE],
+                "val_fraction": 0.15,
+                "test_fraction": 0.15,
+                "augment": "tumour",
+                "batch_size": 16,
+                "channels": 1,
+            },
+            "model": {"depth": 3, "filters": 8, "loss": "bce_dice"},
+            "train": {"phase1": {"epochs": 10, "learning_rate": 0.003, "unfreeze_blocks": -1},
+                      "early_stopping_patience": 4},
+            "evaluate": {"threshold": "best_dice"},
+        }
+    )
+
+
 def run_demo(
     out: Path,
     *,
@@ -74,19 +105,20 @@ def run_demo(
     """
     from medlens.pipelines.explain import ExplainOptions, load_masks
     from medlens.pipelines.predict import predict_paths
+    from medlens.pipelines.segpredict import segment_paths
     from medlens.pipelines.train import train
 
     out = prepare_output_dir(out, overwrite=overwrite, what="demo folder")
     phantoms = out / "phantoms"
-    echo(f"1/4 drawing {count} synthetic phantoms ({DEMO_IMAGE_SIZE}×{DEMO_IMAGE_SIZE}, lesion masks beside them)")
+    echo(f"1/5 drawing {count} synthetic phantoms ({DEMO_IMAGE_SIZE}×{DEMO_IMAGE_SIZE}, lesion masks beside them)")
     write_phantoms(phantoms, count=count, size=DEMO_IMAGE_SIZE, seed=1)
     unseen_manifest = write_phantoms(phantoms / "unseen", count=24, size=DEMO_IMAGE_SIZE, seed=2)
 
-    echo("2/4 training a small CNN from scratch: phase 1 (whole network), phase 2 (top blocks, lower LR)")
+    echo("2/5 training a small CNN from scratch: phase 1 (whole network), phase 2 (top blocks, lower LR)")
     result = train(demo_config(phantoms), out / "run", overwrite=overwrite, verbose=fit_verbose)
     test = result.metrics
     echo(
-        f"3/4 test split: n {test['n']}, accuracy {test['accuracy']:.3f}, AUC {test['auc']:.3f}, "
+        f"3/5 test split: n {test['n']}, accuracy {test['accuracy']:.3f}, AUC {test['auc']:.3f}, "
         f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} "
         f"(threshold {test['threshold']:.3f} chosen on validation)"
     )
@@ -97,14 +129,22 @@ def run_demo(
     with open(unseen_manifest, newline="") as handle:
         truth = {str((phantoms / "unseen" / row["path"]).resolve()): row["class_name"] for row in csv.DictReader(handle)}
     correct = sum(truth.get(str(Path(r["path"]).resolve())) == r["label"] for r in predicted.rows)
-    echo(f"4/4 predicted {len(predicted.rows)} unseen phantoms: {correct} correct → {predicted.predictions_csv}")
+    echo(f"4/5 predicted {len(predicted.rows)} unseen phantoms: {correct} correct → {predicted.predictions_csv}")
     hits = [r["gradcam_pointing"] for r in predicted.rows
             if r["gradcam_pointing"] != "" and truth.get(str(Path(r["path"]).resolve())) == r["label"]]
     if hits:
         echo(f"    Grad-CAM peak inside the lesion for {sum(hits)} of {len(hits)} correctly classified positives; "
              f"Grad-CAM and LIME overlays → {predicted.out_dir / 'explanations'}")
+
+    echo("5/5 training a tiny U-Net on the lesion masks, then segmenting the unseen phantoms")
+    seg = train(demo_seg_config(phantoms), out / "seg-run", overwrite=overwrite, verbose=fit_verbose)
+    segmented = segment_paths(seg.run_dir, unseen, out / "segmentations", overwrite=overwrite, explain=True)
+    dice = _unseen_dice(segmented, phantoms / "unseen")
+    echo(f"    test split Dice {seg.metrics['dice']:.3f}; {len(segmented.rows)} unseen phantoms segmented, "
+         f"Dice {dice:.3f} against their true masks → {segmented.csv_path}")
     echo("")
     echo(f"run directory:  {result.run_dir}  (model.keras, metrics.json, plots/, model_card.md)")
+    echo(f"segmentation:   {seg.run_dir}  (U-Net run) and {segmented.out_dir}  (masks/, overlays/, explanations/)")
     echo(f"phantoms:       {phantoms}  (PNG images, masks/, manifest.csv)")
     echo(f"predictions:    {predicted.predictions_csv}")
     return {
@@ -116,4 +156,23 @@ def run_demo(
         "unseen_total": len(predicted.rows),
         "pointing_hits": sum(hits),
         "pointing_total": len(hits),
+        "seg_run_dir": seg.run_dir,
+        "seg_test_dice": seg.metrics["dice"],
+        "unseen_dice": dice,
+        "segmentation_csv": segmented.csv_path,
     }
+
+
+def _unseen_dice(segmented: Any, folder: Path) -> float:
+    """Pooled Dice of the batch's masks against the phantoms' true lesion masks."""
+    import cv2
+    import numpy as np
+
+    overlap = predicted_total = true_total = 0
+    for row in segmented.rows:
+        predicted = cv2.imread(str(segmented.out_dir / row["mask"]), cv2.IMREAD_GRAYSCALE) > 0
+        truth = cv2.imread(str(folder / "masks" / Path(row["path"]).name), cv2.IMREAD_GRAYSCALE) > 0
+        overlap += int(np.sum(predicted & truth))
+        predicted_total += int(predicted.sum())
+        true_total += int(truth.sum())
+    return 2 * overlap / (predicted_total + true_total) if predicted_total + true_total else 1.0

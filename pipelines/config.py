@@ -26,6 +26,10 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "RunConfig",
+    "SegDataConfig",
+    "SegModelConfig",
+    "SegEvalConfig",
+    "SegRunConfig",
     "load_config",
     "list_presets",
     "data_root",
@@ -130,6 +134,144 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass
+class SegDataConfig:
+    """Where paired segmentation data comes from and how it is sampled.
+
+    Attributes:
+        kind: ``drive``, ``folders`` or ``csv`` (see the module docstring).
+        root: Dataset folder; other paths are relative to it.
+        image_dir: ``folders``: image sub-folder (``root/image_dir`` or ``root/<split>/image_dir``).
+        mask_dir: ``folders``: mask sub-folder; may equal ``image_dir`` when masks sit beside the
+            images with a suffix (``case_1.tif`` / ``case_1_mask.tif``).
+        fov_dir: ``folders``: optional FOV sub-folder (``""`` for none).
+        manifest: ``csv``: manifest file (relative to ``root``); ``drive``: optional.
+        columns: ``csv``: column names per role, e.g. ``{"patient_id": "patient"}``; roles are
+            ``image``, ``mask``, ``fov``, ``patient_id``, ``split``, ``mask2``. Missing roles fall
+            back to common names (``patient``, ``case``...).
+        val_fraction: Share carved from train for validation (by patient / image).
+        test_fraction: Share held out for test when the data gives no splits.
+        mode: ``patch`` (random patches) or ``whole`` (whole images resized to ``image_size``).
+        patch_size: Patch side in pixels (``patch`` mode).
+        patches_per_image: Patches drawn from each image per epoch (``patch`` mode).
+        foreground_bias: Probability that a patch is centred on a foreground pixel.
+        image_size: ``[height, width]`` for ``whole`` mode.
+        augment: Augmentation preset (``none``, ``xray``, ``tumour``, ``fundus``).
+        batch_size: Patches or images per batch.
+        num_classes: 1 for a binary mask and one sigmoid unit; C > 1 for class-index masks
+            (one-hot ``y``).
+        channels: 1 or 3 model input channels (3 for pretrained encoders).
+    """
+
+    kind: str = "folders"
+    root: str = ""
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    fov_dir: str = ""
+    manifest: str = ""
+    columns: dict[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    mode: str = "patch"
+    patch_size: int = 64
+    patches_per_image: int = 8
+    foreground_bias: float = 0.5
+    image_size: list[int] = field(default_factory=lambda: [256, 256])
+    augment: str = "none"
+    batch_size: int = 8
+    num_classes: int = 1
+    channels: int = 3
+
+    def sequence_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`SegmentationSequence` taken from this config."""
+        return {
+            "mode": self.mode,
+            "patch_size": self.patch_size,
+            "patches_per_image": self.patches_per_image,
+            "foreground_bias": self.foreground_bias,
+            "image_size": tuple(self.image_size) if self.image_size else None,
+            "batch_size": self.batch_size,
+            "augment": self.augment,
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+        }
+
+
+@dataclass
+class SegModelConfig:
+    """Segmentation network: a U-Net, alone or as the generator of a segmentation GAN.
+
+    Attributes:
+        architecture: ``unet`` (trained on the segmentation loss) or ``gan`` (the U-Net is the
+            generator of a V-GAN-style :class:`~medlens.models.seggan.SegGAN`).
+        encoder: ``none`` (plain U-Net), ``vgg16`` or ``resnet50`` (pretrained encoder).
+        encoder_weights: ``imagenet``, ``none`` or a weights file, as for classifiers.
+        depth, filters, batch_norm, dropout, level_dropout, upsampling: U-Net shape (see
+            :func:`~medlens.models.unet.build_unet`).
+        loss: ``bce``, ``dice``, ``bce_dice``, ``focal`` or ``tversky``.
+        adversarial_weight: λ of the GAN generator loss ``seg_loss + λ·adversarial``.
+        discriminator_filters, discriminator_depth: GAN discriminator shape.
+        discriminator_learning_rate: Its Adam learning rate (the generator uses the phase's).
+    """
+
+    architecture: str = "unet"
+    encoder: str = "none"
+    encoder_weights: str = "none"
+    depth: int = 4
+    filters: int = 32
+    batch_norm: bool = True
+    dropout: float = 0.0
+    level_dropout: float = 0.0
+    upsampling: str = "transpose"
+    loss: str = "bce_dice"
+    adversarial_weight: float = 0.1
+    discriminator_filters: int = 32
+    discriminator_depth: int = 3
+    discriminator_learning_rate: float = 2e-4
+
+    def multiple(self) -> int:
+        """The network's size divisor: input sides must be multiples of it."""
+        return {"vgg16": 16, "resnet50": 32}.get(self.encoder, 2**self.depth)
+
+
+@dataclass
+class SegEvalConfig:
+    """How probability maps become masks, and how whole images are predicted.
+
+    Attributes:
+        threshold: A number, or ``best_dice``: the threshold maximising Dice on validation.
+        tile: Sliding-window tile side (``0``: the training patch size; whole-image mode
+            resizes to ``data.image_size`` instead).
+        overlap: Fraction of a tile shared with its neighbour.
+        batch_size: Tiles per forward pass.
+        min_size: Remove predicted components smaller than this many pixels (0 keeps all).
+    """
+
+    threshold: str = "0.5"
+    tile: int = 0
+    overlap: float = 0.5
+    batch_size: int = 16
+    min_size: int = 0
+
+
+def _seg_train_default() -> TrainConfig:
+    return TrainConfig(phase1=PhaseConfig(20, 1e-3, -1), phase2=PhaseConfig(0, 1e-4, -1), monitor="val_dice",
+                       early_stopping_patience=8, reduce_lr_patience=3)
+
+
+@dataclass
+class SegRunConfig:
+    """Everything one segmentation run needs (``task: segmentation``)."""
+
+    name: str = "segmentation"
+    task: str = "segmentation"
+    seed: int = 42
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    train: TrainConfig = field(default_factory=_seg_train_default)
+    evaluate: SegEvalConfig = field(default_factory=SegEvalConfig)
+
+
 def list_presets() -> list[str]:
     """Names of the presets shipped inside the package."""
     folder = resources.files("medlens.app") / "presets"
@@ -195,12 +337,12 @@ def _expand(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str, default: Any = None) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping")
-        return _build(hint, value, key)
+        return _build(hint, value, key, default)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
@@ -229,7 +371,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str = "", default: Any = None) -> Any:
+    """``cls`` from ``values``; missing keys come from ``default`` (the parent's default for this
+    section, e.g. a segmentation run's training defaults), else from ``cls()``."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -238,16 +382,27 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(
             f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
         )
+    default = default if default is not None else cls()
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
-    default = cls()
+        kwargs[name] = _coerce(value, hints[name], key, getattr(default, name))
     for f in dataclasses.fields(cls):
         if f.name not in kwargs:
             kwargs[f.name] = getattr(default, f.name)
     return cls(**kwargs)
 
+
+_SEG_CHOICES = {
+    "data.kind": ("drive", "folders", "csv"),
+    "data.mode": ("patch", "whole"),
+    "data.augment": ("none", "xray", "tumour", "fundus"),
+    "model.architecture": ("unet", "gan"),
+    "model.encoder": ("none", "vgg16", "resnet50"),
+    "model.upsampling": ("transpose", "bilinear"),
+    "model.loss": ("bce", "dice", "bce_dice", "focal", "tversky"),
+    "train.optimizer": ("adam", "sgd", "adamw"),
+}
 
 _CHOICES = {
     "task": ("classification",),
@@ -259,31 +414,68 @@ _CHOICES = {
 }
 
 
-def _validate(cfg: RunConfig) -> None:
+def _check_choices(cfg: Any, choices: dict[str, tuple[str, ...]]) -> None:
     values = config_to_dict(cfg)
-    for dotted, allowed in _CHOICES.items():
+    for dotted, allowed in choices.items():
         node: Any = values
         for part in dotted.split("."):
             node = node[part]
         if str(node) not in allowed:
             raise ConfigError(f"config key {dotted!r} is {node!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_train(train: TrainConfig) -> None:
+    if train.phase1.epochs < 0 or train.phase2.epochs < 0:
+        raise ConfigError("epochs must be >= 0")
+    if train.phase1.epochs + train.phase2.epochs == 0:
+        raise ConfigError("train.phase1.epochs + train.phase2.epochs must be at least 1")
+
+
+def _validate_seg(cfg: SegRunConfig) -> None:
+    _check_choices(cfg, _SEG_CHOICES)
+    _check_train(cfg.train)
+    data, model = cfg.data, cfg.model
+    multiple = model.multiple()
+    if data.mode == "patch" and (data.patch_size < multiple or data.patch_size % multiple):
+        raise ConfigError(f"config key 'data.patch_size' must be a multiple of {multiple} (the network's "
+                          f"downsampling), got {data.patch_size}")
+    if data.mode == "whole" and (len(data.image_size) != 2 or any(s % multiple or s < multiple for s in data.image_size)):
+        raise ConfigError(f"config key 'data.image_size' must be [height, width], multiples of {multiple}, "
+                          f"got {data.image_size}")
+    if cfg.evaluate.tile and cfg.evaluate.tile % multiple:
+        raise ConfigError(f"config key 'evaluate.tile' must be a multiple of {multiple}, got {cfg.evaluate.tile}")
+    if not 0 <= cfg.evaluate.overlap < 1:
+        raise ConfigError("config key 'evaluate.overlap' must be in [0, 1)")
+    if model.encoder != "none" and data.channels != 3:
+        raise ConfigError("a pretrained encoder needs data.channels=3")
+    if data.batch_size < 1 or data.num_classes < 1:
+        raise ConfigError("config keys 'data.batch_size' and 'data.num_classes' must be at least 1")
+    if cfg.evaluate.threshold != "best_dice":
+        try:
+            value = float(cfg.evaluate.threshold)
+        except ValueError:
+            raise ConfigError(f"config key 'evaluate.threshold' must be a number or best_dice, "
+                              f"got {cfg.evaluate.threshold!r}") from None
+        if not 0 < value < 1:
+            raise ConfigError(f"config key 'evaluate.threshold' must be in (0, 1), got {value}")
+
+
+def _validate(cfg: RunConfig) -> None:
+    _check_choices(cfg, _CHOICES)
     if len(cfg.data.image_size) != 2 or min(cfg.data.image_size) < 8:
         raise ConfigError(f"config key 'data.image_size' must be [height, width] >= 8, got {cfg.data.image_size}")
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError("config keys 'data.val_fraction' and 'data.test_fraction' must be in [0, 1)")
     if cfg.data.batch_size < 1:
         raise ConfigError("config key 'data.batch_size' must be at least 1")
-    if cfg.train.phase1.epochs < 0 or cfg.train.phase2.epochs < 0:
-        raise ConfigError("epochs must be >= 0")
-    if cfg.train.phase1.epochs + cfg.train.phase2.epochs == 0:
-        raise ConfigError("train.phase1.epochs + train.phase2.epochs must be at least 1")
+    _check_train(cfg.train)
 
 
 def load_config(
     source: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | None = None,
-) -> RunConfig:
-    """Build a validated :class:`RunConfig`.
+) -> RunConfig | SegRunConfig:
+    """Build a validated :class:`RunConfig`, or :class:`SegRunConfig` for ``task: segmentation``.
 
     Args:
         source: a preset name, a YAML file path, a dict, or None for defaults.
@@ -313,11 +505,15 @@ def load_config(
         tree = _deep_merge(_read_preset(str(tree.pop("preset"))), tree)
     for override in overrides or []:
         _apply_override(tree, override)
+    if tree.get("task") == "segmentation":
+        seg_cfg = _build(SegRunConfig, _expand(tree))
+        _validate_seg(seg_cfg)
+        return seg_cfg
     cfg = _build(RunConfig, _expand(tree))
     _validate(cfg)
     return cfg
 
 
-def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+def config_to_dict(cfg: RunConfig | SegRunConfig) -> dict[str, Any]:
     """Plain-dict form, as written to ``config.yaml`` in a run directory."""
     return dataclasses.asdict(cfg)

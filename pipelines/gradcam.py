@@ -213,7 +213,7 @@ class _ClassScores(keras.layers.Layer):
     classes: ``[-z, z]`` (logits) or ``[1 - p, p]`` (probabilities).
     """
 
-    def __init__(self, dense: keras.layers.Dense | None = None, logits: bool = True, **kwargs: Any):
+    def __init__(self, dense: keras.layers.Layer | None = None, logits: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
         # The Dense layer is shared with the model, not copied: Keras deduplicates its
         # variables, so the gradient model (and JAX's stateless_call) holds them once.
@@ -224,7 +224,10 @@ class _ClassScores(keras.layers.Layer):
         values = keras.ops.cast(inputs, "float32")
         if self._dense:
             dense = self._dense[0]
-            values = keras.ops.matmul(values, keras.ops.cast(dense.kernel, "float32"))
+            kernel = dense.kernel
+            if len(kernel.shape) == 4:  # a 1×1 Conv2D (a segmentation head): per-pixel logits
+                kernel = kernel[0, 0]
+            values = keras.ops.matmul(values, keras.ops.cast(kernel, "float32"))
             if dense.use_bias:
                 values = values + keras.ops.cast(dense.bias, "float32")
         if values.shape[-1] == 1:
@@ -233,7 +236,7 @@ class _ClassScores(keras.layers.Layer):
         return values
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
-        units = self._dense[0].units if self._dense else input_shape[-1]
+        units = (getattr(self._dense[0], "units", None) or self._dense[0].filters) if self._dense else input_shape[-1]
         return (*input_shape[:-1], 2 if units == 1 else units)
 
 
@@ -313,7 +316,8 @@ def build_gradient_model(
     output = run(model, images)
     last_layer, last_args, last_output = found["last"]
     squashing = _activation_name(last_layer) if last_output is output else None
-    if squashing in _SQUASHING and isinstance(last_layer, keras.layers.Dense):
+    one_by_one = isinstance(last_layer, keras.layers.Conv2D) and tuple(last_layer.kernel_size) == (1, 1)
+    if squashing in _SQUASHING and (isinstance(last_layer, keras.layers.Dense) or one_by_one):
         scores = _ClassScores(last_layer, name="class_scores")(last_args[0])
     elif squashing in _SQUASHING and isinstance(last_layer, (keras.layers.Activation, keras.layers.Softmax)):
         scores = _ClassScores(name="class_scores")(last_args[0])

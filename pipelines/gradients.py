@@ -52,7 +52,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["class_score_gradients", "PREDICTED"]
+__all__ = ["class_score_gradients", "region_score_gradients", "PREDICTED"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,13 @@ def _split_outputs(outputs: Sequence[Any]) -> tuple[Any, Any, Any]:
 
 
 def _selected_score(scores: Any, output: Any, class_indices: Any) -> Any:
-    """Sum over the batch of ``scores[i, class_i]``; ``-1`` picks the predicted class."""
+    """Sum over the batch of ``scores[i, class_i]``; ``-1`` picks the predicted class.
+
+    ``class_indices`` of the same rank as ``scores`` are per-score weights instead (a
+    region of a segmentation output, Seg-Grad-CAM): the score is ``sum(scores · weights)``.
+    """
+    if len(class_indices.shape) == len(scores.shape) and len(scores.shape) > 1:
+        return keras.ops.sum(scores * keras.ops.cast(class_indices, scores.dtype))
     probabilities = _expand_binary(keras.ops.cast(output, "float32"), logits=False)
     predicted = keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "int32")
     class_indices = keras.ops.cast(class_indices, "int32")
@@ -245,12 +251,42 @@ def class_score_gradients(
         >>> output.shape
         (1, 3)
     """
+    indices = np.asarray(class_indices, dtype=np.int32).reshape(-1)
+    if indices.shape[0] != len(images):
+        raise ValueError(f"got {indices.shape[0]} class indices for {len(images)} images")
+    return _gradients(grad_model, images, indices)
+
+
+def region_score_gradients(
+    grad_model: keras.Model,
+    images: np.ndarray,
+    weights: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`class_score_gradients`, for a score summed over a region of a dense output.
+
+    The score of image ``i`` is ``sum(scores[i] · weights[i])``: for a segmentation
+    model whose scores are ``N×H×W×K`` (per-pixel class logits), ``weights`` with the
+    region in channel ``k`` explains "class ``k`` in this region" (Seg-Grad-CAM,
+    Vinogradova et al. 2020).
+
+    Args:
+        grad_model: A gradient model whose scores have the shape of ``weights``.
+        images: N×H×W×C model-ready images.
+        weights: ``float32`` array of the scores' shape.
+
+    Raises:
+        ValueError: ``weights`` does not match the batch.
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim < 2 or weights.shape[0] != len(images):
+        raise ValueError(f"weights must hold one array per image; got shape {weights.shape} for {len(images)} images")
+    return _gradients(grad_model, images, weights)
+
+
+def _gradients(grad_model: keras.Model, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
     step = _compiled_step(grad_model)
     pixels = np.asarray(images, dtype=grad_model.inputs[0].dtype)
-    indices = np.asarray(class_indices, dtype=np.int32).reshape(-1)
-    if indices.shape[0] != pixels.shape[0]:
-        raise ValueError(f"got {indices.shape[0]} class indices for {pixels.shape[0]} images")
-    activations, gradients, output = step(pixels, indices)
+    activations, gradients, output = step(pixels, targets)
     return tuple(  # type: ignore[return-value]
         keras.ops.convert_to_numpy(value).astype(np.float32) for value in (activations, gradients, output)
     )

@@ -25,7 +25,7 @@ import numpy as np
 
 from medlens.pipelines.rundir import atomic_write_bytes
 
-__all__ = ["to_rgb_uint8", "colorize", "heatmap_overlay", "signed_overlay", "save_png", "save_npy"]
+__all__ = ["to_rgb_uint8", "colorize", "heatmap_overlay", "signed_overlay", "mask_overlay", "save_png", "save_npy"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,46 @@ def signed_overlay(original: np.ndarray, signed_map: np.ndarray, alpha: float = 
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def mask_overlay(original: np.ndarray, mask: np.ndarray, alpha: float = 0.4,
+                 colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """Tint a binary mask onto the original and outline it, at the original's resolution.
+
+    Args:
+        original: The image as read (see :func:`to_rgb_uint8`).
+        mask: ``H×W`` mask of the original's size (nonzero is foreground).
+        alpha: Tint strength inside the mask.
+        colour: RGB tint and outline colour.
+
+    Returns:
+        ``uint8`` ``H×W×3`` RGB.
+
+    Raises:
+        ValueError: The mask's size differs from the image's.
+    """
+    alpha = _check_alpha(alpha)
+    rgb = to_rgb_uint8(original)
+    inside = np.asarray(mask) > 0
+    if inside.shape != rgb.shape[:2]:
+        raise ValueError(f"mask is {inside.shape}, the image {rgb.shape[:2]}")
+    tint = np.array(colour, np.float32)
+    blended = rgb.astype(np.float32)
+    blended[inside] = (1.0 - alpha) * blended[inside] + alpha * tint
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(inside.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), max(1, round(max(out.shape[:2]) / 400)))
+    return out
+
+
 def save_png(path: str | Path, rgb_uint8: np.ndarray) -> Path:
-    """Write a ``uint8`` RGB (or grey ``H×W``) image as PNG, atomically.
+    """Write a ``uint8`` RGB (or ``uint8``/``uint16`` grey ``H×W``) image as PNG, atomically.
 
     Raises:
         ValueError: Not ``uint8`` or not ``H×W``/``H×W×3``.
     """
     array = np.asarray(rgb_uint8)
-    if array.dtype != np.uint8:
+    if array.dtype == np.uint16 and array.ndim == 2:
+        pass  # 16-bit grey, e.g. a probability map scaled to 0..65535
+    elif array.dtype != np.uint8:
         raise ValueError(f"save_png needs uint8 pixels; got {array.dtype} (use to_rgb_uint8 first)")
     if array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)

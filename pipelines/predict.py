@@ -20,14 +20,14 @@ import numpy as np
 
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import prepare_image
-from medlens.pipelines.errors import ImageReadError, MedlensError
+from medlens.pipelines.errors import ImageReadError, MedlensError, RunDirError
 from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.run_eval import load_run_model
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json, prepare_output_dir
 
-__all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths"]
+__all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class Predictor:
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
+        if self.state.get("task") == "segmentation":
+            raise RunDirError(f"{self.run.root}: a segmentation run; use `medlens segment` to apply it")
         self.model = model if model is not None else load_run_model(self.run.root)
         self.class_names: list[str] = list(self.state["class_names"])
         self.image_size = tuple(self.state["image_size"])
@@ -116,7 +118,8 @@ class Predictor:
         return self.class_names[int(np.argmax(probabilities))]
 
 
-def _records(files: list[Path], errors: list[tuple[str, str]]) -> Iterator[ImageRecord]:
+def read_records(files: list[Path], errors: list[tuple[str, str]]) -> Iterator[ImageRecord]:
+    """Read each file (every frame of DICOM and NIfTI volumes); unreadable ones go to ``errors``."""
     for path in files:
         try:
             fmt = sniff_format(path)
@@ -197,7 +200,7 @@ def predict_paths(
         pending.clear()
 
     last_path = None
-    for record in _records(files, errors):
+    for record in read_records(files, errors):
         pending.append(record)
         if progress and record.path != last_path:
             progress(1)

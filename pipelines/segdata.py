@@ -52,6 +52,7 @@ import numpy as np
 
 from medlens.pipelines.augment import augment as apply_augmentation
 from medlens.pipelines.augment import build_augmentation
+from medlens.pipelines.config import SegDataConfig
 from medlens.pipelines.data import make_splits, resize_image
 from medlens.pipelines.errors import ConfigError, DatasetError, ImageReadError
 from medlens.pipelines.io import list_images, read_image, read_mask
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_MASK_SUFFIXES",
     "SegSample",
     "SegDataConfig",
+    "to_model_channels",
     "SegDataset",
     "pair_folders",
     "load_seg_dataset",
@@ -138,69 +140,6 @@ class SegSample:
     patient_id: str | None = None
     split: str | None = None
     mask2_path: Path | None = None
-
-
-@dataclass
-class SegDataConfig:
-    """Where paired segmentation data comes from and how it is sampled.
-
-    Attributes:
-        kind: ``drive``, ``folders`` or ``csv`` (see the module docstring).
-        root: Dataset folder; other paths are relative to it.
-        image_dir: ``folders``: image sub-folder (``root/image_dir`` or ``root/<split>/image_dir``).
-        mask_dir: ``folders``: mask sub-folder; may equal ``image_dir`` when masks sit beside the
-            images with a suffix (``case_1.tif`` / ``case_1_mask.tif``).
-        fov_dir: ``folders``: optional FOV sub-folder (``""`` for none).
-        manifest: ``csv``: manifest file (relative to ``root``); ``drive``: optional.
-        columns: ``csv``: column names per role, e.g. ``{"patient_id": "patient"}``; roles are
-            ``image``, ``mask``, ``fov``, ``patient_id``, ``split``, ``mask2``. Missing roles fall
-            back to common names (``patient``, ``case``...).
-        val_fraction: Share carved from train for validation (by patient / image).
-        test_fraction: Share held out for test when the data gives no splits.
-        mode: ``patch`` (random patches) or ``whole`` (whole images resized to ``image_size``).
-        patch_size: Patch side in pixels (``patch`` mode).
-        patches_per_image: Patches drawn from each image per epoch (``patch`` mode).
-        foreground_bias: Probability that a patch is centred on a foreground pixel.
-        image_size: ``[height, width]`` for ``whole`` mode.
-        augment: Augmentation preset (``none``, ``xray``, ``tumour``, ``fundus``).
-        batch_size: Patches or images per batch.
-        num_classes: 1 for a binary mask and one sigmoid unit; C > 1 for class-index masks
-            (one-hot ``y``).
-        channels: 1 or 3 model input channels (3 for pretrained encoders).
-    """
-
-    kind: str = "folders"
-    root: str = ""
-    image_dir: str = "images"
-    mask_dir: str = "masks"
-    fov_dir: str = ""
-    manifest: str = ""
-    columns: dict[str, str] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    mode: str = "patch"
-    patch_size: int = 64
-    patches_per_image: int = 8
-    foreground_bias: float = 0.5
-    image_size: list[int] = field(default_factory=lambda: [256, 256])
-    augment: str = "none"
-    batch_size: int = 8
-    num_classes: int = 1
-    channels: int = 3
-
-    def sequence_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`SegmentationSequence` taken from this config."""
-        return {
-            "mode": self.mode,
-            "patch_size": self.patch_size,
-            "patches_per_image": self.patches_per_image,
-            "foreground_bias": self.foreground_bias,
-            "image_size": tuple(self.image_size) if self.image_size else None,
-            "batch_size": self.batch_size,
-            "augment": self.augment,
-            "num_classes": self.num_classes,
-            "channels": self.channels,
-        }
 
 
 @dataclass
@@ -625,7 +564,8 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         raise ConfigError("segmentation data needs a root folder")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
+        hint = "" if os.environ.get("MEDLENS_DATA") else " (shared datasets are found through $MEDLENS_DATA, default ../shared/data from the current folder)"
+        raise DatasetError(f"{root}: dataset folder not found{hint}")
     if cfg.kind == "drive":
         samples = _load_drive(cfg, root)
     elif cfg.kind == "folders":
@@ -698,6 +638,24 @@ def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
     period = 2 * (size - 1)
     folded = np.abs(indices) % period
     return np.where(folded >= size, period - folded, folded)
+
+
+def to_model_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An image in ``[0, 1]`` as ``float32`` ``H×W×channels`` in ``0..255``: grey repeated, colour greyed.
+
+    Training batches and inference (:mod:`medlens.pipelines.segtrain`) both go through this,
+    so a model sees the same input either way.
+    """
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.shape[-1] != channels:
+        if channels == 3:
+            image = np.repeat(image[..., :1], 3, axis=-1)
+        else:
+            image = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.float32), cv2.COLOR_RGB2GRAY)[..., None]
+    return np.clip(image * np.float32(255.0), 0.0, 255.0).astype(np.float32, copy=False)
 
 
 class SegmentationSequence(keras.utils.PyDataset):
@@ -914,14 +872,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         return self._channels(image), mask, weight
 
     def _channels(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.shape[-1] != self.channels:
-            if self.channels == 3:
-                image = np.repeat(image, 3, axis=-1)
-            else:
-                image = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.float32), cv2.COLOR_RGB2GRAY)[..., None]
-        return np.clip(image * np.float32(255.0), 0.0, 255.0).astype(np.float32, copy=False)
+        return to_model_channels(image, self.channels)
 
     def _encode(self, masks: np.ndarray) -> np.ndarray:
         if self.num_classes == 1:

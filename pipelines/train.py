@@ -30,7 +30,7 @@ import numpy as np
 
 from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier, freeze_backbone, unfreeze_all, unfreeze_top_blocks
-from medlens.pipelines.config import PhaseConfig, RunConfig, config_to_dict, load_config
+from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig, config_to_dict, load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
@@ -257,7 +257,7 @@ def build_sequences(cfg: RunConfig, dataset: Dataset, preprocess: Callable[[np.n
 
 def run_phases(
     run: RunDir,
-    cfg: RunConfig,
+    cfg: RunConfig | SegRunConfig,
     model: keras.Model,
     train_data: Any,
     val_data: Any,
@@ -339,7 +339,7 @@ def _resume_state(run: RunDir) -> dict[str, Any]:
 
 
 def train(
-    cfg: RunConfig | None,
+    cfg: RunConfig | SegRunConfig | None,
     run_dir: str | Path,
     *,
     overwrite: bool = False,
@@ -347,7 +347,7 @@ def train(
     verbose: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
-    """Train a classifier as ``cfg`` says and write a complete run directory.
+    """Train a classifier (or, for ``task: segmentation``, a U-Net or segmentation GAN) and write a run directory.
 
     Args:
         cfg: validated configuration (see :func:`medlens.pipelines.config.load_config`);
@@ -375,9 +375,12 @@ def train(
             raise ConfigError("a configuration is needed unless resuming")
         run = RunDir(run_dir).create(overwrite=overwrite)
         run.write_config(config_to_dict(cfg))
-    if cfg.task != "classification":
-        raise ConfigError(f"task {cfg.task!r} is not a classification task")
     set_determinism(cfg.seed)
+    if cfg.task == "segmentation":
+        from medlens.pipelines.segtrain import train_segmentation
+
+        return train_segmentation(cfg, run, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
+                                  started=started)
 
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     class_names = list(dataset.class_names)

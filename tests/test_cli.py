@@ -150,4 +150,8 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys):
     assert len(list((out / "phantoms" / "masks").glob("*.png"))) == 120
     rows = list(csv.DictReader((out / "predictions" / "predictions.csv").open()))
     assert len(rows) == 24
+    assert all((out / "predictions" / r["gradcam_overlay"]).is_file() and r["lime_map"] for r in rows)
+    segmented = list(csv.DictReader((out / "segmentations" / "segmentation.csv").open()))
+    assert len(segmented) == 24 and all((out / "segmentations" / r["explanation"]).is_file() for r in segmented)
+    assert "5/5 training a tiny U-Net" in printed and "unseen phantoms segmented, Dice" in printed
     assert main(["demo", "--out", str(out)]) == 2

@@ -251,8 +251,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
     for name in list_presets():
         cfg = load_config(name)
-        source = cfg.data.npz or cfg.data.root
-        print(f"{name:22s} {cfg.model.backbone:12s} {len(cfg.data.class_names)} classes  {source}")
+        if cfg.task == "segmentation":
+            model = cfg.model.architecture + ("" if cfg.model.encoder == "none" else f"+{cfg.model.encoder}")
+            print(f"{name:22s} {model:12s} segmentation  {cfg.data.root}")
+        else:
+            source = cfg.data.npz or cfg.data.root
+            print(f"{name:22s} {cfg.model.backbone:12s} {len(cfg.data.class_names)} classes  {source}")
     return 0
 
 

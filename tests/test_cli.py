@@ -155,3 +155,12 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys):
     assert len(segmented) == 24 and all((out / "segmentations" / r["explanation"]).is_file() for r in segmented)
     assert "5/5 training a tiny U-Net" in printed and "unseen phantoms segmented, Dice" in printed
     assert main(["demo", "--out", str(out)]) == 2
+
+
+def test_presets_lists_every_shipped_preset(capsys):
+    from medlens.pipelines.config import list_presets
+
+    assert main(["presets"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list_presets()
+    assert {"fundus-vessels", "brain-tumour-seg", "xray-pneumonia"} <= set(listed)

@@ -66,7 +66,7 @@ def _default_run_dir(name: str) -> Path:
 
 
 def _print_metrics(metrics: dict, header: str) -> None:
-    keys = ("n", "dice", "iou", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "threshold")
+    keys = ("n", "dice", "iou", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "ece", "threshold")
     parts = []
     for key in keys:
         value = metrics.get(key)

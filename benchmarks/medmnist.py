@@ -225,7 +225,7 @@ def _run(
 
     # The test metrics medlens wrote (binary: threshold chosen on validation by Youden's J).
     metrics = result.metrics
-    state = json.loads((result.run_dir / "state.json").read_text()) if (result.run_dir / "state.json").is_file() else {}
+    state = json.loads((result.run_dir / "run.json").read_text()) if (result.run_dir / "run.json").is_file() else {}
 
     # The MedMNIST paper's convention: binary at 0.5, multi-class argmax (no threshold).
     model = load_run_model(result.run_dir)
@@ -253,6 +253,9 @@ def _run(
         "balanced_accuracy": metrics.get("balanced_accuracy"),
         "sensitivity": metrics.get("sensitivity"),
         "specificity": metrics.get("specificity"),
+        "ece": metrics.get("ece"),
+        "ece_uncalibrated": metrics.get("ece_uncalibrated"),
+        "temperature": state.get("temperature"),
         "n_test": metrics.get("n"),
         "epochs": result.epochs_run,
         "best_epoch": state.get("best_epoch"),
@@ -306,14 +309,14 @@ def _aim_status(record: dict[str, Any], aim: tuple[float, float]) -> str:
 
 def _table(report: dict[str, Any]) -> str:
     lines = [
-        "| Dataset | Method | Test AUC | Test ACC (0.5/argmax) | Test ACC (val-chosen thr.) | Epochs | Train s | Aim (AUC / ACC) | Status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Dataset | Method | Test AUC | Test ACC (0.5/argmax) | Test ACC (val-chosen thr.) | Test ECE (calibrated / raw) | Epochs | Train s | Aim (AUC / ACC) | Status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, entry in report["datasets"].items():
         spec = DATASETS[key]
         aim = f"≥ {spec['aim'][0]:.2f} / ≥ {spec['aim'][1]:.2f}"
         for name, auc, acc in spec["paper"]:
-            lines.append(f"| {spec['title']} | {name} (paper) | {auc:.3f} | {acc:.3f} | | | | | |")
+            lines.append(f"| {spec['title']} | {name} (paper) | {auc:.3f} | {acc:.3f} | | | | | | |")
         for variant, record in entry["runs"].items():
             what = (
                 f"medlens {BACKBONE} {IMAGE_SIZE}px, from scratch" if variant == "scratch"
@@ -325,7 +328,8 @@ def _table(report: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {spec['title']} | **{what}** | **{_f(record['auc'])}** | **{_f(record['acc_at_0.5'])}** | "
-                f"{youden} | {record['epochs']} | {record['seconds']:.0f} | {aim} | {record['aim_status']} |"
+                f"{youden} | {_f(record.get('ece'))} / {_f(record.get('ece_uncalibrated'))} | "
+                f"{record['epochs']} | {record['seconds']:.0f} | {aim} | {record['aim_status']} |"
             )
     return "\n".join(lines)
 
@@ -366,7 +370,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "**ACC (val-chosen thr.)** is what medlens reports by default (binary threshold chosen on the "
         "validation split by Youden's J, then applied unchanged to test). AUC: binary ROC AUC, "
         "RetinaMNIST macro one-vs-rest. Paper rows: Yang et al., *MedMNIST v2*, Sci Data 10, 41 (2023), "
-        "Table of test AUC/ACC. A row meets the aim only when both its AUC and its ACC (0.5/argmax) reach it.",
+        "Table of test AUC/ACC. A row meets the aim only when both its AUC and its ACC (0.5/argmax) reach it. "
+        "**ECE**: top-label expected calibration error on test (15 bins) after temperature scaling fitted on "
+        "validation, and of the raw outputs (project goal: calibrated ECE ≤ 0.05).",
         "",
         _table(report),
         "",

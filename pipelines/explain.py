@@ -293,16 +293,14 @@ class Explainer:
     def _cams(self, model_batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Probabilities for the batch, from the first CAM's gradient step when there is one."""
         if not self.cams:
-            output = self.predictor.model.predict_on_batch(model_batch)
-            return to_probabilities(np.asarray(output), len(self.predictor.class_names)), {}
+            return self.predictor.calibrate(self.predictor.model.predict_on_batch(model_batch)), {}
         method, cam = next(iter(self.cams.items()))
         started = time.perf_counter()
         # Explain each image's argmax class first; images whose reported class differs
         # (a binary threshold other than 0.5, or a named class) are redone with it.
         result = cam(model_batch, class_index=self.class_index)
         self.seconds[method] += time.perf_counter() - started
-        probabilities = to_probabilities(result.probabilities, len(self.predictor.class_names))
-        return probabilities, {method: result}
+        return self.predictor.calibrate(result.probabilities), {method: result}
 
     def _write(self, method: str, record: ImageRecord, stem: str, saliency: np.ndarray,
                item: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
+from medlens.pipelines.calibration import apply_temperature
 from medlens.pipelines.data import prepare_image
 from medlens.pipelines.errors import ImageReadError, MedlensError, RunDirError
 from medlens.pipelines.evaluate import to_probabilities
@@ -95,6 +96,8 @@ class Predictor:
         self.class_names: list[str] = list(self.state["class_names"])
         self.image_size = tuple(self.state["image_size"])
         self.threshold: float | None = self.state.get("threshold")
+        # Runs from before calibration existed have no temperature: their outputs are used as they are.
+        self.temperature = float(self.state.get("temperature", 1.0))
         self.preprocess = preprocess_function(self.state["backbone"])
 
     def resize(self, pixels_list: list[np.ndarray]) -> np.ndarray:
@@ -105,10 +108,13 @@ class Predictor:
         """Resize and preprocess images (``H×W×C`` in [0, 1]) into one model batch."""
         return self.preprocess(self.resize(pixels_list))
 
+    def calibrate(self, output: np.ndarray) -> np.ndarray:
+        """The model's raw output (N×1 or N×K) as calibrated ``N×K`` probabilities."""
+        return apply_temperature(to_probabilities(np.asarray(output), len(self.class_names)), self.temperature)
+
     def predict_pixels(self, pixels_list: list[np.ndarray]) -> np.ndarray:
-        """Probabilities ``N×K`` for a list of images."""
-        output = self.model.predict_on_batch(self.prepare(pixels_list))
-        return to_probabilities(np.asarray(output), len(self.class_names))
+        """Calibrated probabilities ``N×K`` for a list of images."""
+        return self.calibrate(self.model.predict_on_batch(self.prepare(pixels_list)))
 
     def label_for(self, probabilities: np.ndarray) -> str:
         """The predicted class name: the validation threshold for binary runs, argmax otherwise."""

@@ -145,6 +145,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                explain=args.explain, threshold=args.threshold, progress=bar.update, model=model)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
+    _maybe_report(args, result.out_dir)
     if result.errors:
         print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
         for path, reason in result.errors[:5]:
@@ -192,6 +193,7 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     if explain is not None and result.rows:
         print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
         _print_explanation_summary(result.rows, explain)
+    _maybe_report(args, result.out_dir)
     if result.errors:
         print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
         for path, reason in result.errors[:5]:
@@ -235,6 +237,31 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each map by deletion and insertion AUC (RISE)")
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
+    _add_report_arguments(p)
+
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html (see `medlens report`)")
+    p.add_argument("--truth", help="with --report: CSV with path and class_name (or label) columns")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medlens.app.report import write_report
+
+    result = write_report(args.folder, segmentation=args.segmentation, truth=args.truth, out=args.out,
+                          margin=args.margin, overwrite=args.overwrite)
+    print(f"report of {result.cases} case(s), {result.uncertain} uncertain → {result.path}")
+    for problem in result.problems[:5]:
+        print(f"  skipped {problem}")
+    return 0
+
+
+def _maybe_report(args: argparse.Namespace, out_dir: Path) -> None:
+    if getattr(args, "report", False):
+        from medlens.app.report import write_report
+
+        result = write_report(out_dir, truth=getattr(args, "truth", None), overwrite=True)
+        print(f"report of {result.cases} case(s), {result.uncertain} uncertain → {result.path}")
 
 
 def cmd_weights_import(args: argparse.Namespace) -> int:
@@ -321,7 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
+    _add_report_arguments(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("report", help="one HTML page of cases, heatmaps and segmentations for clinicians")
+    p.add_argument("folder", help="output folder of medlens predict/explain or segment")
+    p.add_argument("--segmentation", help="a medlens segment output folder for the same images")
+    p.add_argument("--truth", help="CSV with path and class_name (or label) columns: shows ground truth")
+    p.add_argument("--out", help="HTML file inside FOLDER (default FOLDER/report.html)")
+    p.add_argument("--margin", type=float, default=0.1, help="flag binary cases this close to the threshold")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("weights", help="manage backbone weights for offline sites")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

@@ -222,7 +222,8 @@ def predict_paths(
         out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows)
     )
     atomic_write_json(out / "predictions.json", {
-        "run": str(predictor.run.root),
+        "run": str(predictor.run.root.resolve()),
+        "inputs_relative_to": str(Path.cwd()),
         "class_names": predictor.class_names,
         "threshold": predictor.threshold,
         "explain": None if explainer is None else {

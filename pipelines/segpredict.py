@@ -39,7 +39,7 @@ from medlens.pipelines.errors import MedlensError
 from medlens.pipelines.io import ImageRecord
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_png
 from medlens.pipelines.predict import expand_inputs, read_records
-from medlens.pipelines.rundir import atomic_write_csv, prepare_output_dir
+from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
 from medlens.pipelines.segment import binarize, mask_stats, postprocess
 from medlens.pipelines.segtrain import SegModel
 
@@ -189,6 +189,9 @@ def segment_paths(
             flush()
     csv_path = flush()
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
+    atomic_write_json(out / "segmentation.json", {"run": str(model.run.root.resolve()),
+                                                  "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
+                                                  "images": len(rows), "errors": len(errors), "kept": skipped})
     if errors:
         log.warning("%d input(s) could not be segmented; see %s", len(errors), errors_csv)
     return SegmentResult(out, csv_path, errors_csv, rows, errors, skipped)

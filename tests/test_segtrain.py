@@ -125,6 +125,13 @@ def test_segment_command_sizes_errors_and_resume_by_content(unet_run, seg_phanto
     small = next(r for r in rows if Path(r["path"]).name == "small.png")
     assert int(small["components"]) >= 1  # the lesion is found
 
+    # The same folder as a clinician's report: every case with its segmentation layer.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    cases = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])["cases"]
+    assert len(cases) == 12 and all([layer["name"] for layer in c["layers"]] == ["Segmentation"] for c in cases)
+    assert all((out / c["layers"][0]["src"]).is_file() for c in cases)
+
     # Refused without --resume/--overwrite; with --resume only changed content is redone.
     assert main(argv) == 2
     capsys.readouterr()

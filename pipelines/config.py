@@ -212,6 +212,9 @@ class SegModelConfig:
         adversarial_weight: λ of the GAN generator loss ``seg_loss + λ·adversarial``.
         discriminator_filters, discriminator_depth: GAN discriminator shape.
         discriminator_learning_rate: Its Adam learning rate (the generator uses the phase's).
+        init_weights: Start the U-Net (the GAN's generator) from these weights: a segmentation
+            run directory, its ``model.keras``, or a ``.weights.h5`` of the same architecture
+            (e.g. pretrain a U-Net, then fine-tune it adversarially as a GAN).
     """
 
     architecture: str = "unet"
@@ -228,6 +231,7 @@ class SegModelConfig:
     discriminator_filters: int = 32
     discriminator_depth: int = 3
     discriminator_learning_rate: float = 2e-4
+    init_weights: str = ""
 
     def multiple(self) -> int:
         """The network's size divisor: input sides must be multiples of it."""

@@ -259,11 +259,32 @@ def _build_model(cfg: SegRunConfig) -> keras.Model:
         level_dropout=m.level_dropout,
         upsampling=m.upsampling,
     )
+    if m.init_weights:
+        _load_init_weights(unet, m.init_weights)
     if m.architecture != "gan":
         return unet
     discriminator = build_discriminator((None, None, d.channels), filters=m.discriminator_filters,
                                         depth=m.discriminator_depth, mask_channels=d.num_classes)
     return SegGAN(unet, discriminator, seg_loss=m.loss, adversarial_weight=m.adversarial_weight)
+
+
+def _load_init_weights(unet: keras.Model, source: str) -> None:
+    """Copy weights from a run directory, a ``.keras`` model or a ``.weights.h5`` file into ``unet``."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise ConfigError(f"{path}: model.init_weights not found (a segmentation run, .keras or .weights.h5)")
+    try:
+        if path.name.endswith(".weights.h5"):
+            unet.load_weights(path)
+        else:
+            donor = keras.saving.load_model(path, compile=False)
+            unet.set_weights(_generator(donor).get_weights())
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{path}: cannot initialise the U-Net from it ({str(exc).splitlines()[0][:160]}); "
+                          "it must have the same depth, filters and encoder") from None
+    log.info("U-Net initialised from %s", path)
 
 
 def _generator(model: keras.Model) -> keras.Model:

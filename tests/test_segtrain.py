@@ -191,3 +191,25 @@ def test_gan_run_keeps_a_plain_unet_generator(seg_phantoms, tmp_path):
     assert set(_rows(tmp_path / "gan" / "history.csv")[0]) >= {"g_loss", "d_loss", "val_dice"}
     assert 0.0 <= result.metrics["dice"] <= 1.0 and result.epochs_run == 2
     assert (tmp_path / "gan" / "checkpoints" / "best.keras").is_file()  # the whole GAN, to resume
+
+
+def test_init_weights_copies_a_unet_and_refuses_another_shape(tmp_path):
+    from medlens.models.unet import build_unet
+    from medlens.pipelines.segtrain import _build_model
+
+    donor = build_unet((None, None, 1), depth=2, filters=4)
+    donor.save(tmp_path / "model.keras")
+    donor.save_weights(tmp_path / "donor.weights.h5")
+    for source in (tmp_path, tmp_path / "donor.weights.h5"):
+        cfg = load_config({"task": "segmentation", "data": {"channels": 1, "patch_size": 32},
+                           "model": {"architecture": "gan", "depth": 2, "filters": 4, "init_weights": str(source)}})
+        generator = _build_model(cfg).generator
+        for mine, theirs in zip(generator.get_weights(), donor.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    other = load_config({"task": "segmentation", "data": {"channels": 1, "patch_size": 32},
+                         "model": {"depth": 2, "filters": 8, "init_weights": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="same depth, filters and encoder"):
+        _build_model(other)
+    missing = load_config({"task": "segmentation", "model": {"init_weights": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match="init_weights not found"):
+        _build_model(missing)

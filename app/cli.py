@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medlens.pipelines.errors import MedlensError
+from medlens.pipelines.errors import ConfigError, MedlensError
 
 __all__ = ["main", "build_parser"]
 
@@ -179,6 +179,8 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
 
 
 def _run_predictions(args: argparse.Namespace, explain, default_folder: str, desc: str) -> int:
+    if getattr(args, "dicom", False) and explain is None:
+        raise ConfigError("--dicom exports explanation overlays: add --explain METHODS")
     _quiet_backend()
     from medlens.pipelines.predict import Predictor, expand_inputs, predict_paths
 
@@ -193,6 +195,11 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     if explain is not None and result.rows:
         print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
         _print_explanation_summary(result.rows, explain)
+    if getattr(args, "dicom", False):
+        from medlens.app.dicom_export import export_overlays
+
+        written = export_overlays(result.out_dir, result.rows, list(explain.methods))
+        print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
     _maybe_report(args, result.out_dir)
     if result.errors:
         print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
@@ -241,6 +248,9 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    if p.prog.split()[-1] in ("predict", "explain"):
+        p.add_argument("--dicom", action="store_true",
+                       help="also write each overlay as a DICOM Secondary Capture in the source study (for PACS)")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html (see `medlens report`)")
     p.add_argument("--truth", help="with --report: CSV with path and class_name (or label) columns")
 

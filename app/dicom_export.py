@@ -1,0 +1,150 @@
+"""DICOM export for PACS: each explanation overlay as an RGB Secondary Capture in the source study.
+
+``medlens predict/explain --explain … --dicom`` writes, beside every overlay PNG,
+``OUT/dicom/NAME-HASH.METHOD.dcm``: a Secondary Capture Image (SOP class
+1.2.840.10008.5.1.4.1.1.7, RGB, 8 bit, uncompressed) that
+
+- keeps the source's patient (name, ID, birth date, sex) and study (Study Instance UID, date,
+  time, accession number, study ID, referring physician), so PACS files it with the study;
+- gets a new Series Instance UID per source series and method (all Grad-CAM overlays of a
+  series form one new series) and a new SOP Instance UID per image;
+- references the source image (Source Image Sequence) and says what it is in Series
+  Description, Derivation Description and Image Comments ("decision support, not a diagnosis").
+
+Non-DICOM inputs get a new study (their own Study Instance UID) and no patient identity:
+medlens never invents one.
+
+Example:
+    >>> export_overlays(result, ["gradcam"])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from medlens.pipelines.explain import METHODS
+from medlens.pipelines.rundir import atomic_write_bytes
+
+__all__ = ["SECONDARY_CAPTURE", "export_overlays", "secondary_capture"]
+
+log = logging.getLogger(__name__)
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                      "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName",
+                      "StudyDescription")
+_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "lime": "LIME"}
+
+
+def _source_header(path: str) -> Dataset | None:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError, AttributeError, ValueError):
+        return None
+
+
+def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: str, study_uid: str,
+                      method: str, instance: int, frame: int | None, label: str) -> Dataset:
+    """A Secondary Capture dataset holding ``rgb`` (``uint8`` ``H×W×3``) in the source's study."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    if source is not None:
+        for keyword in _PATIENT_AND_STUDY:
+            if keyword in source:
+                setattr(ds, keyword, source.data_element(keyword).value)
+    ds.StudyInstanceUID = study_uid
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")  # type 2: present, empty when unknown
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.SeriesNumber = 9000 + list(_TITLES).index(method)
+    ds.InstanceNumber = instance
+    title = _TITLES.get(method, method)
+    ds.SeriesDescription = f"medlens {title} (decision support)"
+    ds.DerivationDescription = f"{title} heatmap of the predicted class, blended onto the source image"
+    ds.ImageComments = f"medlens {title} for '{label}'. Decision support only, not a diagnosis."
+    ds.BurnedInAnnotation = "NO"
+    if source is not None and "SOPInstanceUID" in source:
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.get("SOPClassUID", "")
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        if frame is not None and int(source.get("NumberOfFrames", 1) or 1) > 1:
+            reference.ReferencedFrameNumber = int(frame) + 1
+        ds.SourceImageSequence = [reference]
+    height, width = rgb.shape[:2]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = height, width
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    return ds
+
+
+def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str]) -> list[Path]:
+    """Write ``out_dir/dicom/<overlay name>.dcm`` for each overlay PNG listed in ``rows``.
+
+    Args:
+        out_dir: The prediction output folder (overlay paths in ``rows`` are relative to it).
+        rows: ``predictions.csv`` rows (``PredictResult.rows``); input paths as given, relative
+            to the current folder.
+        methods: Explanation methods whose overlays to export.
+
+    Returns:
+        The files written.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    series: dict[tuple[str, str], str] = {}
+    headers: dict[str, Dataset | None] = {}
+    studies: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for row in rows:
+        path = str(row["path"])
+        if path not in headers:
+            headers[path] = _source_header(path)
+        source = headers[path]
+        study_uid = str(source.StudyInstanceUID) if source is not None and "StudyInstanceUID" in source else \
+            studies.setdefault(path, generate_uid())
+        source_series = str(source.get("SeriesInstanceUID", path)) if source is not None else path
+        frame = row.get("frame")
+        frame = int(frame) if frame not in (None, "") else None
+        for method in methods:
+            slug = METHODS[method]
+            overlay = row.get(f"{slug}_overlay")
+            if not overlay:
+                continue
+            bgr = cv2.imread(str(out / overlay), cv2.IMREAD_COLOR)
+            if bgr is None:
+                log.warning("%s: overlay unreadable, no DICOM written", out / overlay)
+                continue
+            key = (source_series, slug)
+            series_uid = series.setdefault(key, generate_uid())
+            counters[series_uid] = counters.get(series_uid, 0) + 1
+            dataset = secondary_capture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), source, series_uid=series_uid,
+                                        study_uid=study_uid, method=slug, instance=counters[series_uid],
+                                        frame=frame, label=str(row.get("explained_class") or row.get("label")))
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+            target = out / "dicom" / (Path(overlay).stem + ".dcm")
+            written.append(atomic_write_bytes(target, buffer.getvalue()))
+    return written

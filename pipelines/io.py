@@ -29,9 +29,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import logging
+import math
 import os
+import re
+import stat
+import struct
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -46,6 +51,7 @@ from medlens.pipelines.errors import ImageReadError, MedlensError
 __all__ = [
     "ImageRecord",
     "MAX_IMAGE_PIXELS",
+    "MAX_VOLUME_VOXELS",
     "SUPPORTED_SUFFIXES",
     "list_images",
     "read_frames",
@@ -76,6 +82,10 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (
 #: as possible decompression bombs. 100 MP is ~1.2 GB as float32 RGB.
 MAX_IMAGE_PIXELS: int = 100_000_000
 
+#: Largest NIfTI volume (voxels of the one 3D volume read) the reader loads; a 512×512×1000
+#: CT is 262 M voxels. Larger headers are refused before any voxel is read.
+MAX_VOLUME_VOXELS: int = 1_000_000_000
+
 Normalize = Literal["minmax", "dtype"]
 
 _PILLOW_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF"}
@@ -83,6 +93,8 @@ _RASTER_FORMATS = frozenset(_PILLOW_FORMATS)
 _BMP_DIB_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _NPZ_SPLITS = ("train", "val", "test")
 _HEADER_BYTES = 352
+#: pydicom names some decoder dependencies by import name; pip knows them as these.
+_PIP_NAMES = {"gdcm": "python-gdcm"}
 
 
 @dataclass
@@ -108,8 +120,17 @@ class ImageRecord:
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
-    """Return the first line of an exception message, shortened, for an error reason."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """Return the first line of an exception message, shortened, for an error reason.
+
+    A first line that ends in ``:`` only announces the detail (pydicom's "exceptions were
+    raised by all available plugins:"), so the next line is kept with it.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -179,11 +200,26 @@ def _name_endswith(path: Path, *suffixes: str) -> bool:
 
 
 def _read_header(path: Path) -> bytes:
-    """Read the first bytes of ``path``, turning OS errors into :class:`ImageReadError`."""
-    if not path.exists():
-        raise ImageReadError(path, "file not found")
-    if path.is_dir():
+    """Read the first bytes of ``path``, turning OS errors into :class:`ImageReadError`.
+
+    Only regular files (or symlinks to them) are opened: a FIFO would block forever.
+    """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(path, "symbolic link loop (the link leads back to itself)") from None
+        if path.is_symlink():
+            raise ImageReadError(
+                path, f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+            ) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ImageReadError(path, "file not found") from None
+        raise ImageReadError(path, f"cannot open file ({exc.strerror or _one_line(exc)})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise ImageReadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(path, "not a regular file (a FIFO, socket or device); give an image file")
     try:
         with open(path, "rb") as handle:
             return handle.read(_HEADER_BYTES)
@@ -370,10 +406,13 @@ def _read_png16_colour(path: Path, normalize: str, meta: dict[str, Any]) -> np.n
     return _array_to_pixels(array, normalize, meta)
 
 
-def _png_is_16bit_colour(path: Path) -> bool:
+def _png_ihdr(path: Path) -> tuple[int, int, int, int] | None:
+    """``(width, height, bit depth, colour type)`` from a PNG's IHDR chunk, or None when it has none."""
     header = _read_header(path)
-    # IHDR: bit depth at byte 24, colour type at 25 (2 = RGB, 4 = grey+alpha, 6 = RGBA).
-    return len(header) > 25 and header[24] == 16 and header[25] in (2, 4, 6)
+    if len(header) < 26 or header[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height, header[24], header[25]
 
 
 def _tiff_needs_tifffile(path: Path, page_index: int) -> bool:
@@ -411,9 +450,14 @@ def _read_raster(path: Path, fmt: str, frame: int | None, normalize: str) -> Ima
 
     meta: dict[str, Any] = {"format": fmt}
     page = frame or 0
-    if fmt == "png" and _png_is_16bit_colour(path):
-        pixels = _read_png16_colour(path, normalize, meta)
-        return ImageRecord(pixels=pixels, path=str(path), meta=meta, frame=frame)
+    ihdr = _png_ihdr(path) if fmt == "png" else None
+    if ihdr is not None:
+        # Checked here, before any decoder runs: OpenCV allocates the whole image up front.
+        _check_size(path, ihdr[0], ihdr[1])
+        # IHDR colour type 2 = RGB, 4 = grey+alpha, 6 = RGBA.
+        if ihdr[2] == 16 and ihdr[3] in (2, 4, 6):
+            pixels = _read_png16_colour(path, normalize, meta)
+            return ImageRecord(pixels=pixels, path=str(path), meta=meta, frame=frame)
     if fmt == "tiff" and _tiff_needs_tifffile(path, page):
         try:
             pixels = _read_tifffile(path, page, normalize, meta)
@@ -510,8 +554,8 @@ def _decode_dicom(path: Path, dataset: Any) -> np.ndarray:
         if getattr(syntax, "is_compressed", False) and not _decoder_available(syntax):
             raise ImageReadError(
                 path,
-                f"cannot decode {syntax.name} ({syntax}) pixel data: install pylibjpeg "
-                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) / gdcm (pip install python-gdcm)",
+                f"cannot decode {syntax.name} ({syntax}) pixel data: no decoder installed; "
+                f"{_decoder_install_hint(syntax)}",
             ) from exc
         name = f"{syntax.name} " if getattr(syntax, "is_compressed", False) else ""
         raise ImageReadError(path, f"corrupt DICOM {name}pixel data ({_one_line(exc)})") from exc
@@ -525,6 +569,28 @@ def _decoder_available(syntax: Any) -> bool:
         return bool(get_decoder(syntax).is_available)
     except Exception:  # noqa: BLE001 - unknown transfer syntax: no decoder
         return False
+
+
+def _decoder_install_hint(syntax: Any) -> str:
+    """``pip install`` commands that add a decoder for ``syntax`` (from the plugins pydicom lists as missing)."""
+    from pydicom.pixels import get_decoder
+
+    generic = (
+        "install pylibjpeg (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) "
+        "or gdcm (pip install python-gdcm)"
+    )
+    try:
+        missing = list(get_decoder(syntax).missing_dependencies)
+    except Exception:  # noqa: BLE001 - unknown transfer syntax: no plugin list
+        return generic
+    commands = []
+    for entry in missing:  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0"
+        _, _, needs = entry.partition(" - requires ")
+        names = [re.split(r"[<>=!~ ]", part.strip(), maxsplit=1)[0] for part in needs.split(" and ")]
+        names = [_PIP_NAMES.get(name, name) for name in names if name and name != "numpy"]
+        if names:
+            commands.append("pip install " + " ".join(names))
+    return ", or ".join(commands) if commands else generic
 
 
 def _unit_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -546,6 +612,22 @@ def _dicom_grey(path: Path, dataset: Any, frames: np.ndarray, meta: dict[str, An
             "slope": float(dataset.get("RescaleSlope", 1.0) or 1.0),
             "intercept": float(dataset.get("RescaleIntercept", 0.0) or 0.0),
         }
+    # Float pixel data or a NaN rescale can hold NaN/inf: scale over the finite values, then 0.
+    nonfinite = ~np.isfinite(values) if values.dtype.kind == "f" else None
+    if nonfinite is not None and nonfinite.any():
+        if nonfinite.all():
+            rescale = meta.get("modality_lut")
+            if isinstance(rescale, dict):
+                raise ImageReadError(
+                    path,
+                    f"DICOM pixel values are all NaN or infinite after rescale "
+                    f"(slope {rescale['slope']}, intercept {rescale['intercept']})",
+                )
+            raise ImageReadError(path, "DICOM pixel values are all NaN or infinite")
+        meta["nan_replaced"] = int(nonfinite.sum())
+        values = np.where(nonfinite, values[~nonfinite].min(), values)
+    else:
+        nonfinite = None
     scaled: np.ndarray | None = None
     try:
         voi_sequence = dataset.get("VOILUTSequence")
@@ -591,7 +673,10 @@ def _dicom_grey(path: Path, dataset: Any, frames: np.ndarray, meta: dict[str, An
     if invert:
         scaled = 1.0 - scaled
         meta["inverted"] = True
-    return np.asarray(scaled, dtype=np.float32)
+    scaled = np.array(scaled, dtype=np.float32)
+    if nonfinite is not None:
+        scaled[nonfinite] = 0.0
+    return scaled
 
 
 def _dicom_colour(dataset: Any, frames: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -658,6 +743,25 @@ def _read_dicom(path: Path, frame: int | None, all_frames: bool) -> list[ImageRe
 # --------------------------------------------------------------------------- NIfTI
 
 
+def _check_nifti_size(path: Path, image: Any, shape: tuple[int, ...]) -> None:
+    """Refuse, from the header alone, volumes above :data:`MAX_VOLUME_VOXELS` and truncated ``.nii`` files."""
+    volume = shape[:3]
+    voxels = math.prod(volume)
+    if voxels > MAX_VOLUME_VOXELS:
+        raise ImageReadError(
+            path,
+            f"volume is {'×'.join(map(str, volume))} voxels, above the limit of {MAX_VOLUME_VOXELS} voxels",
+        )
+    if _name_endswith(path, ".gz"):
+        return  # the uncompressed size is only known by decompressing; the voxel limit bounds it
+    needed = int(image.header.get_data_offset()) + math.prod(shape) * image.header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise ImageReadError(
+            path, f"truncated NIfTI file: the header promises {needed} bytes, the file has {size}"
+        )
+
+
 def _read_nifti(path: Path, axis: int, index: int | None, all_slices: bool) -> list[ImageRecord]:
     import nibabel
 
@@ -666,6 +770,7 @@ def _read_nifti(path: Path, axis: int, index: int | None, all_slices: bool) -> l
         image = nibabel.load(str(path))
         shape = tuple(int(s) for s in image.shape)
         zooms = tuple(float(z) for z in image.header.get_zooms())
+        _check_nifti_size(path, image, shape)
         if len(shape) > 4 and all(s == 1 for s in shape[4:]):
             shape = shape[:4]
         if len(shape) == 4:
@@ -686,6 +791,8 @@ def _read_nifti(path: Path, axis: int, index: int | None, all_slices: bool) -> l
         axis = 2
     meta["shape"] = tuple(data.shape)
     nonfinite = int(np.count_nonzero(~np.isfinite(data)))
+    if nonfinite and nonfinite == data.size:
+        raise ImageReadError(path, "NIfTI volume has no finite voxel values (all NaN or infinite)")
     if nonfinite:
         meta["nan_replaced"] = nonfinite
     # One scale for the whole volume, so slices stay comparable.
@@ -742,9 +849,17 @@ def read_image(
 
     DICOM: modality LUT (rescale or LUT sequence), then the first VOI LUT or
     window (scaled so the window's bounds map to 0 and 1), otherwise min–max over
-    all frames; MONOCHROME1 is inverted. NIfTI: the slice ``index`` along
-    ``axis`` (default: middle slice) of the first volume, min–max scaled over the
-    volume's finite values (NaN/inf become 0) and rotated 90° for display.
+    all frames; MONOCHROME1 is inverted; NaN/inf samples (float pixel data) become 0.
+    NIfTI: the slice ``index`` along ``axis`` (default: middle slice) of the first
+    volume (a 4D file's later volumes are ignored), min–max scaled over the volume's
+    finite values (NaN/inf become 0) and rotated 90° for display. A DICOM or NIfTI
+    file with no finite value at all is refused; no NaN ever reaches a model.
+
+    Any image with at least one pixel is read, a 1×1 image included; resizing it to
+    a model's input size is the caller's business. Images above
+    :data:`MAX_IMAGE_PIXELS` (volumes above :data:`MAX_VOLUME_VOXELS`) are refused
+    from their header, before decoding. Only regular files are read: a symlink
+    loop, a broken link or a FIFO is refused without blocking.
 
     Args:
         path: The image file.

@@ -10,6 +10,7 @@ study never costs the good ones.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +67,13 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
             if not found:
                 errors.append((str(path), "folder contains no supported image files"))
             candidates = found
-        elif path.is_file():
-            candidates = [path]
+        elif path.is_file() or path.is_symlink() or path.exists():
+            candidates = [path]  # a link loop, a FIFO…: the reader says what is wrong with it
         else:
             errors.append((str(path), "no such file or folder"))
             continue
         for candidate in candidates:
-            key = candidate.resolve()
+            key = Path(os.path.realpath(candidate))  # unlike Path.resolve, never raises on a link loop
             if key not in seen:
                 seen.add(key)
                 files.append(candidate)

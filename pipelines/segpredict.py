@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +37,7 @@ import cv2
 import numpy as np
 
 from medlens.pipelines.errors import MedlensError
-from medlens.pipelines.io import ImageRecord
+from medlens.pipelines.io import ImageRecord, read_image
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_png
 from medlens.pipelines.predict import expand_inputs, read_records
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
@@ -89,7 +90,7 @@ def _previous_rows(out: Path) -> dict[str, list[dict[str, str]]]:
         for row in csv.DictReader(handle):
             outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", "explanation") if row.get(k)]
             if all((out / p).is_file() for p in outputs):
-                kept.setdefault(str(Path(row["path"]).resolve()), []).append(row)
+                kept.setdefault(os.path.realpath(row["path"]), []).append(row)
     return kept
 
 
@@ -160,13 +161,15 @@ def segment_paths(
 
     for count, path in enumerate(files, start=1):
         try:
+            if not path.is_file():  # a FIFO would block the hash; the reader names the problem
+                read_image(path)
             digest = file_sha256(path)
-        except OSError as exc:
-            errors.append((str(path), f"cannot read: {exc.strerror or exc}"))
+        except (OSError, MedlensError) as exc:
+            errors.append((str(path), getattr(exc, "reason", None) or f"cannot read: {exc.strerror or exc}"))
             if progress:
                 progress(1)
             continue
-        earlier = previous.get(str(path.resolve()), [])
+        earlier = previous.get(os.path.realpath(path), [])
         if earlier and all(r.get("sha256") == digest for r in earlier) and (not explain or all(
                 r.get("explanation") for r in earlier)):
             rows.extend(earlier)

@@ -69,3 +69,22 @@ def tiny_run(tmp_path_factory, phantom_dir) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(phantom_dir), run)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_run(tmp_path_factory, phantom_dir) -> Path:
+    """A finished segmentation run (tiny U-Net, two epochs on the phantoms' lesion masks)."""
+    from medlens.pipelines.config import load_config
+    from medlens.pipelines.train import train
+
+    cfg = load_config({
+        "task": "segmentation", "name": "tiny-seg", "seed": 5,
+        "data": {"kind": "csv", "root": str(phantom_dir), "manifest": "manifest.csv",
+                 "columns": {"image": "path", "mask": "mask"}, "mode": "whole", "image_size": [32, 32],
+                 "channels": 1, "batch_size": 16},
+        "model": {"depth": 2, "filters": 4},
+        "train": {"phase1": {"epochs": 2, "learning_rate": 0.003}},
+    })
+    run = tmp_path_factory.mktemp("runs") / "tiny-seg"
+    train(cfg, run)
+    return run

@@ -213,3 +213,40 @@ def test_init_weights_copies_a_unet_and_refuses_another_shape(tmp_path):
     missing = load_config({"task": "segmentation", "model": {"init_weights": str(tmp_path / "nope")}})
     with pytest.raises(ConfigError, match="init_weights not found"):
         _build_model(missing)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Interrupts fit after ``epochs`` epochs, as a crash or a killed job would."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["unet", "gan"])
+def test_interrupted_segmentation_run_resumes_like_an_uninterrupted_one(seg_phantoms, tmp_path, architecture):
+    from medlens.pipelines.train import train
+
+    tree = {"task": "segmentation", "name": "resume", "seed": 2,
+            "data": {"kind": "csv", "root": str(seg_phantoms), "manifest": "manifest.csv",
+                     "columns": {"image": "path", "mask": "mask"}, "mode": "whole", "image_size": [32, 32],
+                     "channels": 1, "batch_size": 16, "val_fraction": 0.2, "test_fraction": 0.2},
+            "model": {"architecture": architecture, "depth": 2, "filters": 4, "discriminator_depth": 2,
+                      "discriminator_filters": 4},
+            "train": {"phase1": {"epochs": 4, "learning_rate": 0.003}, "early_stopping_patience": 100}}
+    whole = train(load_config(tree), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(tree), tmp_path / "cut", callbacks=[_StopAfter(2)])
+    assert not (tmp_path / "cut" / "model.keras").exists()
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    first, second = _rows(tmp_path / "whole" / "history.csv"), _rows(tmp_path / "cut" / "history.csv")
+    assert [r["epoch"] for r in second] == [r["epoch"] for r in first] == ["1", "2", "3", "4"]
+    key = "loss" if architecture == "unet" else "g_loss"
+    np.testing.assert_allclose([float(r[key]) for r in second], [float(r[key]) for r in first], atol=1e-4)
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())["test"]["pooled"]
+    assert resumed["dice"] == pytest.approx(whole.metrics["dice"], abs=1e-4)

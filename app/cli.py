@@ -274,6 +274,25 @@ def _maybe_report(args: argparse.Namespace, out_dir: Path) -> None:
         print(f"report of {result.cases} case(s), {result.uncertain} uncertain → {result.path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medlens.pipelines.rundir import RunDir
+
+    RunDir(args.run).require()
+    _quiet_backend()
+    import uvicorn
+
+    from medlens.app.service import ServiceSettings, create_app
+    from medlens.pipelines.explain import parse_methods
+
+    methods = () if args.explain.lower() == "none" else parse_methods(args.explain)
+    settings = ServiceSettings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, explain=methods,
+                               lime_samples=args.lime_samples)
+    app = create_app(args.run, settings)
+    print(f"serving {args.run} on http://{args.host}:{args.port}  (upload page /, API docs /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_weights_import(args: argparse.Namespace) -> int:
     _quiet_backend()
     from medlens.models.backbones import import_weights
@@ -369,6 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.1, help="flag binary cases this close to the threshold")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve a run over HTTP: POST /predict or /segment, an upload page")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--explain", default="gradcam", help="default methods for /predict, or none")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (all frames)")
+    p.add_argument("--lime-samples", type=int, default=300, help="LIME samples per explanation")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("weights", help="manage backbone weights for offline sites")
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

@@ -192,8 +192,7 @@ class Explainer:
     def __init__(self, predictor: Predictor, options: ExplainOptions, out_dir: str | Path):
         self.predictor = predictor
         self.options = options
-        self.out_dir = Path(out_dir)
-        self.folder = self.out_dir / "explanations"
+        self.retarget(out_dir)
         self.class_index: int | None = None
         if options.class_name is not None:
             names = predictor.class_names
@@ -211,7 +210,12 @@ class Explainer:
                 batch_size=options.lime_batch_size,
                 seed=options.seed,
             )
-        self.seconds: dict[str, float] = dict.fromkeys(options.methods, 0.0)
+
+    def retarget(self, out_dir: str | Path) -> None:
+        """Write the next batches' files under ``out_dir`` (a long-lived explainer, e.g. in the service)."""
+        self.out_dir = Path(out_dir)
+        self.folder = self.out_dir / "explanations"
+        self.seconds = dict.fromkeys(self.options.methods, 0.0)
 
     # ------------------------------------------------------------------ model access
     def predict_rgb(self, batch: np.ndarray) -> np.ndarray:

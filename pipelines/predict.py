@@ -153,6 +153,7 @@ def predict_paths(
     progress: Callable[[int], None] | None = None,
     predictor: Predictor | None = None,
     explain: ExplainOptions | None = None,
+    explainer: Explainer | None = None,
 ) -> PredictResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
@@ -172,10 +173,15 @@ def predict_paths(
         progress: called with the number of files finished since the last call.
         predictor: reuse an already loaded :class:`Predictor`.
         explain: also explain every image (Grad-CAM, Grad-CAM++, LIME).
+        explainer: reuse an already built :class:`Explainer` (its options replace ``explain``).
     """
     predictor = predictor or Predictor(run_dir)
     out = prepare_output_dir(out_dir, overwrite=overwrite)
-    explainer = Explainer(predictor, explain, out) if explain is not None else None
+    if explainer is not None:
+        explainer.retarget(out)
+        explain = explainer.options
+    elif explain is not None:
+        explainer = Explainer(predictor, explain, out)
     files, errors = expand_inputs(inputs)
     rows: list[dict[str, Any]] = []
     pending: list[ImageRecord] = []

@@ -1,0 +1,168 @@
+"""`medlens serve` over real HTTP on loopback: endpoints, limits, errors, concurrency, the upload page."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.parse
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from test_report import browse
+
+from medlens.app.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(run: Path, *options: str):
+    """`medlens serve RUN` in its own process, until the block ends."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "medlens.app.cli", "serve", str(run), "--port", str(port),
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"server did not start: {process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.3)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _png_bomb() -> bytes:
+    """A tiny PNG whose header claims 30000×30000 pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _decode_png(text: str) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.fixture(scope="module")
+def expected_labels(tiny_run, phantom_dir, tmp_path_factory) -> dict[str, str]:
+    """What `medlens predict` says for the phantoms the service is sent."""
+    images = [*sorted((phantom_dir / "lesion").iterdir())[:4], *sorted((phantom_dir / "no_lesion").iterdir())[:4]]
+    out = tmp_path_factory.mktemp("expected") / "out"
+    assert main(["predict", str(tiny_run), *map(str, images), "--out", str(out)]) == 0
+    return {Path(r["path"]).name: r["label"] for r in csv.DictReader((out / "predictions.csv").open())}
+
+
+@pytest.mark.slow
+def test_classification_service(tiny_run, phantom_dir, shared_data, expected_labels):
+    good = {name: (phantom_dir / ("lesion" if (phantom_dir / "lesion" / name).exists() else "no_lesion") / name)
+            for name in expected_labels}
+    with serving(tiny_run, "--max-upload-mb", "1", "--explain", "gradcam") as (url, process):
+        assert httpx.get(url + "/health").json()["task"] == "classification"
+        model = httpx.get(url + "/model").json()
+        assert model["class_names"] == ["no_lesion", "lesion"] and "Model card" in model["model_card"]
+        schema = httpx.get(url + "/openapi.json").json()
+        assert {"/predict", "/segment", "/health", "/model"} <= set(schema["paths"])
+        assert "<form" in httpx.get(url + "/").text
+
+        name, path = next(iter(good.items()))
+        reply = httpx.post(url + "/predict", files={"file": (name, path.read_bytes(), "image/png")}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["label"] == expected_labels[name] and sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        overlay = _decode_png(body["frames"][0]["explanations"]["gradcam"]["overlay_png_base64"])
+        assert overlay.shape == (64, 64, 3)  # the original's size
+        dicom = (shared_data / "dicom_samples" / "emri_small.dcm").read_bytes()
+        frames = httpx.post(url + "/predict?explain=none", files={"file": ("scan.dcm", dicom)}, timeout=60).json()["frames"]
+        assert len(frames) == 10 and "explanations" not in frames[0]
+
+        bad = {
+            "text.png": (b"<html>not an image</html>", 415, "not a supported image format"),
+            "empty.png": (b"", 400, "empty"),
+            "bomb.png": (_png_bomb(), 413, "limit"),
+            "huge.png": (b"\x89PNG" + os.urandom(1_200_000), 413, "larger than 1 MB"),
+            "cut.png": (path.read_bytes()[:200], 415, "truncated"),
+        }
+        for bad_name, (content, status, message) in bad.items():
+            reply = httpx.post(url + "/predict", files={"file": (bad_name, content)}, timeout=60)
+            assert reply.status_code == status and message in reply.json()["error"], (bad_name, reply.text)
+            assert str(tiny_run) not in reply.text and "/tmp/" not in reply.json()["error"]  # no server paths leak
+        assert httpx.post(url + "/predict", timeout=30).status_code == 422  # no file field
+        assert httpx.post(url + "/predict?explain=shap", files={"file": (name, path.read_bytes())}).status_code == 400
+        assert httpx.post(url + "/segment", files={"file": (name, path.read_bytes())}).status_code == 409
+
+        # Load: concurrent good and bad uploads; every good one right, every bad one a 4xx, no 5xx.
+        before = _rss_mb(process.pid)
+        jobs = [(n, p.read_bytes(), None) for n, p in good.items()] * 2
+        jobs += [(n, c, s) for n, (c, s, _) in bad.items()] * 2
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            replies = list(pool.map(lambda job: (job, httpx.post(url + "/predict", files={"file": (job[0], job[1])},
+                                                                 timeout=120)), jobs))
+        assert len(replies) == 26
+        for (job_name, _, status), reply in replies:
+            assert reply.status_code < 500, reply.text
+            if status is None:
+                assert reply.status_code == 200 and reply.json()["label"] == expected_labels[job_name]
+            else:
+                assert reply.status_code == status
+        assert _rss_mb(process.pid) - before < 400  # bounded: uploads stream to disk, inference is serialised
+        leftovers = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("medlens-serve-*/*")]
+        assert not [p for p in leftovers if p.stat().st_mtime > time.time() - 60]  # request folders removed
+
+
+@pytest.mark.slow
+def test_segmentation_service_and_upload_page_in_chromium(tiny_seg_run, phantom_dir, tmp_path):
+    image = sorted((phantom_dir / "lesion").iterdir())[0]
+    with serving(tiny_seg_run) as (url, _):
+        reply = httpx.post(url + "/segment?explain=true", files={"file": ("x.png", image.read_bytes())}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        frame = reply.json()["frames"][0]
+        mask = _decode_png(frame["mask_png_base64"])
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        assert _decode_png(frame["seg_gradcam_png_base64"]).shape == (64, 64, 3)
+        assert httpx.post(url + "/predict", files={"file": ("x.png", image.read_bytes())}).status_code == 409
+
+        # The upload page, in a real browser: the image goes through the page's own upload code.
+        data_url = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+        done = browse(f"{url}/?image={urllib.parse.quote(data_url, safe='')}", tmp_path, "--dump-dom")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert 'data-state="done"' in done.stdout, done.stdout[-3000:]
+        assert 'id="label">Segmented' in done.stdout and 'alt="Seg-Grad-CAM"' in done.stdout
+
+
+def test_serve_refuses_a_missing_run(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    assert "run directory not found" in capsys.readouterr().err

@@ -190,8 +190,9 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     with _progress_bar(len(files), desc) as bar:
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=bar.update, predictor=predictor,
-                               explain=explain)
-    print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}")
+                               explain=explain, resume=args.resume)
+    print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}"
+          + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if explain is not None and result.rows:
         print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
         _print_explanation_summary(result.rows, explain)
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN/predictions/TIMESTAMP)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--explain", metavar="METHODS",
                    help="explain every prediction: gradcam, gradcam++, lime (comma-separated)")
     _add_explain_arguments(p)
@@ -363,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or lime (or several, comma-separated)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
     p.add_argument("--out", help="output folder (default RUN/explanations/TIMESTAMP)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     _add_explain_arguments(p)

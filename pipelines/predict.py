@@ -9,6 +9,7 @@ study never costs the good ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +28,13 @@ from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.run_eval import load_run_model
-from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json, prepare_output_dir
+from medlens.pipelines.rundir import (
+    RunDir,
+    atomic_write_csv,
+    atomic_write_json,
+    file_sha256,
+    prepare_output_dir,
+)
 
 __all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
 
@@ -45,6 +52,7 @@ class PredictResult:
     errors_csv: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    kept: int = 0
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -154,10 +162,12 @@ def predict_paths(
     predictor: Predictor | None = None,
     explain: ExplainOptions | None = None,
     explainer: Explainer | None = None,
+    resume: bool = False,
+    flush_every: int = 20,
 ) -> PredictResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
-    ``predictions.csv`` columns: ``path, frame, label, p_<class>…, threshold``.
+    ``predictions.csv`` columns: ``path, frame, sha256, label, p_<class>…, threshold``.
     ``errors.csv`` columns: ``path, error`` (header only when nothing failed).
     ``predictions.json`` holds the same rows plus, with ``explain``, per-image details
     (LIME superpixel weights and top regions) and the time each method took.
@@ -174,17 +184,24 @@ def predict_paths(
         predictor: reuse an already loaded :class:`Predictor`.
         explain: also explain every image (Grad-CAM, Grad-CAM++, LIME).
         explainer: reuse an already built :class:`Explainer` (its options replace ``explain``).
+        resume: keep the rows of an earlier run into ``out_dir`` whose input file has the same
+            SHA-256 (content, not name) and whose explanation files are still there; predict the rest.
+        flush_every: rewrite the tables after this many batches, so an interrupted batch can resume.
     """
     predictor = predictor or Predictor(run_dir)
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
+    out = prepare_output_dir(out_dir, overwrite=overwrite or resume)
     if explainer is not None:
         explainer.retarget(out)
         explain = explainer.options
     elif explain is not None:
         explainer = Explainer(predictor, explain, out)
     files, errors = expand_inputs(inputs)
+    order = {str(path): index for index, path in enumerate(files)}
+    previous = _previous_rows(out, explain) if resume else {}
+    digests: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     pending: list[ImageRecord] = []
+    kept = 0
 
     def flush() -> None:
         if not pending:
@@ -204,6 +221,7 @@ def predict_paths(
             row: dict[str, Any] = {
                 "path": record.path,
                 "frame": "" if record.frame is None else record.frame,
+                "sha256": digests.get(record.path, ""),
                 "label": predictor.label_for(probs),
             }
             row.update({f"p_{name}": round(float(p), 6) for name, p in zip(predictor.class_names, probs, strict=True)})
@@ -212,22 +230,75 @@ def predict_paths(
             rows.append(row)
         pending.clear()
 
-    last_path = None
-    for record in read_records(files, errors):
-        pending.append(record)
-        if progress and record.path != last_path:
-            progress(1)
-            last_path = record.path
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-
-    header = ["path", "frame", "label", *[f"p_{n}" for n in predictor.class_names], "threshold"]
+    header = ["path", "frame", "sha256", "label", *[f"p_{n}" for n in predictor.class_names], "threshold"]
     if explain is not None:
         header += column_names(explain)
-    predictions_csv = atomic_write_csv(
-        out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows)
-    )
+
+    def write_tables() -> Path:
+        rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
+        table = atomic_write_csv(out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
+        _write_json(out, predictor, explain, explainer, rows, errors)
+        return table
+
+    batches = 0
+    for path in files:
+        try:
+            digests[str(path)] = file_sha256(path) if path.is_file() else ""
+        except OSError:
+            digests[str(path)] = ""
+        earlier = previous.get(os.path.realpath(path), [])
+        if earlier and digests[str(path)] and all(r.get("sha256") == digests[str(path)] for r in earlier):
+            rows.extend({**row, "path": str(path)} for row in earlier)  # named as in this run
+            kept += 1
+            if progress:
+                progress(1)
+            continue
+        for record in read_records([path], errors):
+            pending.append(record)
+            if len(pending) >= batch_size:
+                flush()
+                batches += 1
+                if batches % flush_every == 0:
+                    write_tables()
+        if progress:
+            progress(1)
+    flush()
+    predictions_csv = write_tables()
+    errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
+    if errors:
+        log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)
+    if kept:
+        log.info("%d file(s) unchanged since the last run into %s: kept", kept, out)
+    return PredictResult(out, predictions_csv, errors_csv, rows, errors, kept)
+
+
+def _previous_rows(out: Path, explain: ExplainOptions | None) -> dict[str, list[dict[str, Any]]]:
+    """Rows of an earlier ``predictions.json`` in ``out`` whose explanation files still exist, by input path.
+
+    Rows explained with other methods than now are not reused (their columns would be missing).
+    """
+    table = out / "predictions.json"
+    if not table.is_file():
+        return {}
+    try:
+        earlier = json.loads(table.read_text())
+    except ValueError:
+        return {}
+    methods = sorted((earlier.get("explain") or {}).get("methods") or [])
+    if methods != sorted(explain.methods if explain else []):
+        return {}
+    base = earlier.get("inputs_relative_to") or "."
+    kept: dict[str, list[dict[str, Any]]] = {}
+    for row in earlier.get("rows", []):
+        files = [v for k, v in row.items() if k.endswith(("_overlay", "_map")) and v]
+        if all((out / f).is_file() for f in files):
+            path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+            kept.setdefault(os.path.realpath(path), []).append(row)
+    return kept
+
+
+def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None, explainer: Explainer | None,
+                rows: list[dict[str, Any]], errors: list[tuple[str, str]]) -> None:
     atomic_write_json(out / "predictions.json", {
         "run": str(predictor.run.root.resolve()),
         "inputs_relative_to": str(Path.cwd()),
@@ -243,7 +314,3 @@ def predict_paths(
         "rows": rows,
         "errors": [{"path": p, "error": e} for p, e in errors],
     })
-    errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
-    if errors:
-        log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)
-    return PredictResult(out, predictions_csv, errors_csv, rows, errors)

@@ -12,6 +12,7 @@ place, so a crash never leaves a half-written file where a complete one was.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -49,6 +50,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (how batch commands recognise unchanged inputs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

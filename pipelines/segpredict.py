@@ -23,7 +23,6 @@ same SHA-256 (content, not name) and whose outputs are still there, and segments
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 import re
@@ -40,7 +39,7 @@ from medlens.pipelines.errors import MedlensError
 from medlens.pipelines.io import ImageRecord, read_image
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_png
 from medlens.pipelines.predict import expand_inputs, read_records
-from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
+from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.segment import binarize, mask_stats, postprocess
 from medlens.pipelines.segtrain import SegModel
 
@@ -63,15 +62,6 @@ class SegmentResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stem(record: ImageRecord, digest: str) -> str:

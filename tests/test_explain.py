@@ -164,3 +164,32 @@ def test_explain_command_named_class_faithfulness_and_errors(tiny_run, phantom_d
 def test_parse_methods():
     assert parse_methods("gradcam, Grad-CAM++ ,lime,gradcam") == ("gradcam", "gradcam++", "lime")
     assert parse_methods(["gradcampp"]) == ("gradcam++",)
+
+
+def test_predict_resume_keeps_unchanged_content_and_redoes_the_rest(tiny_run, phantom_dir, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    sources = sorted((phantom_dir / "lesion").iterdir())[:3]
+    for i, source in enumerate(sources):
+        (inputs / f"case{i}.png").write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    argv = ["predict", str(tiny_run), str(inputs), "--out", str(out), "--explain", "gradcam"]
+    assert main(argv) == 0
+    first = _rows(out / "predictions.csv")
+    assert len(first) == 3 and all(len(r["sha256"]) == 64 for r in first)
+    assert main(argv) == 2  # an existing output folder is never overwritten silently
+    capsys.readouterr()
+
+    (inputs / "case1.png").write_bytes(sorted((phantom_dir / "no_lesion").iterdir())[0].read_bytes())  # same name
+    (inputs / "case3.png").write_bytes(sources[0].read_bytes())  # a new file
+    (out / first[2]["gradcam_overlay"]).unlink()  # a lost output is redone too
+    assert main([*argv, "--resume"]) == 0
+    assert "1 file(s) unchanged since the last run, kept" in capsys.readouterr().out
+    again = {Path(r["path"]).name: r for r in _rows(out / "predictions.csv")}
+    assert [Path(r["path"]).name for r in _rows(out / "predictions.csv")] == [f"case{i}.png" for i in range(4)]
+    assert again["case0.png"] == first[0]  # kept as it was
+    assert again["case1.png"]["sha256"] != first[1]["sha256"]
+    assert all((out / r["gradcam_overlay"]).is_file() for r in again.values())
+    # Different explanation methods than last time: nothing can be reused.
+    assert main(["predict", str(tiny_run), str(inputs), "--out", str(out), "--resume"]) == 0
+    assert "kept" not in capsys.readouterr().out

@@ -136,13 +136,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from medlens.pipelines.predict import expand_inputs
     from medlens.pipelines.segpredict import segment_paths
     from medlens.pipelines.segtrain import SegModel
+    from medlens.pipelines.shards import parse_shard, select_shard
 
+    shard = parse_shard(args.shard)
+    if shard is not None and not args.out:
+        raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     model = SegModel(args.run)
     out = Path(args.out) if args.out else Path(args.run) / "segmentations" / time.strftime("%Y%m%d-%H%M%S")
-    files, _ = expand_inputs(args.inputs)
+    files, _ = select_shard(expand_inputs(args.inputs)[0], shard)
     with _progress_bar(len(files), "segment") as bar:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
-                               explain=args.explain, threshold=args.threshold, progress=bar.update, model=model)
+                               explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
+                               shard=shard)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     _maybe_report(args, result.out_dir)
@@ -183,14 +188,18 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         raise ConfigError("--dicom exports explanation overlays: add --explain METHODS")
     _quiet_backend()
     from medlens.pipelines.predict import Predictor, expand_inputs, predict_paths
+    from medlens.pipelines.shards import parse_shard, select_shard
 
+    shard = parse_shard(args.shard)
+    if shard is not None and not args.out:
+        raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     predictor = Predictor(args.run)
     out = Path(args.out) if args.out else Path(args.run) / default_folder / time.strftime("%Y%m%d-%H%M%S")
-    files, _ = expand_inputs(args.inputs)
+    files, _ = select_shard(expand_inputs(args.inputs)[0], shard)
     with _progress_bar(len(files), desc) as bar:
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=bar.update, predictor=predictor,
-                               explain=explain, resume=args.resume)
+                               explain=explain, resume=args.resume, shard=shard)
     print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if explain is not None and result.rows:
@@ -245,7 +254,13 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each map by deletion and insertion AUC (RISE)")
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
+    _add_shard_argument(p)
     _add_report_arguments(p)
+
+
+def _add_shard_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", metavar="I/N",
+                   help="process only shard I of N (deterministic split) into OUT/shard-I-of-N; then medlens merge OUT")
 
 
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -254,6 +269,19 @@ def _add_report_arguments(p: argparse.ArgumentParser) -> None:
                        help="also write each overlay as a DICOM Secondary Capture in the source study (for PACS)")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html (see `medlens report`)")
     p.add_argument("--truth", help="with --report: CSV with path and class_name (or label) columns")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from medlens.pipelines.shards import merge_shards
+
+    result = merge_shards(args.out, allow_missing=args.allow_missing)
+    print(f"merged {len(result.present)} of {result.shards} shard(s): {result.rows} row(s) → {result.table}")
+    if result.missing:
+        print(f"shards missing: {', '.join(f'{i}/{result.shards}' for i in result.missing)}")
+    if result.errors:
+        print(f"{len(result.errors)} input(s) could not be processed → {result.out_dir / 'errors.csv'}")
+    _maybe_report(args, result.out_dir)
+    return 1 if result.missing else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -382,8 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
+    _add_shard_argument(p)
     _add_report_arguments(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("merge", help="join the shard-I-of-N folders of a sharded predict/explain/segment")
+    p.add_argument("out", help="the --out folder the shards wrote into")
+    p.add_argument("--allow-missing", action="store_true", help="merge the shards that are there; exit 1")
+    _add_report_arguments(p)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("report", help="one HTML page of cases, heatmaps and segmentations for clinicians")
     p.add_argument("folder", help="output folder of medlens predict/explain or segment")

@@ -35,6 +35,7 @@ from medlens.pipelines.rundir import (
     file_sha256,
     prepare_output_dir,
 )
+from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 
 __all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
 
@@ -164,6 +165,7 @@ def predict_paths(
     explainer: Explainer | None = None,
     resume: bool = False,
     flush_every: int = 20,
+    shard: tuple[int, int] | None = None,
 ) -> PredictResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
@@ -187,15 +189,18 @@ def predict_paths(
         resume: keep the rows of an earlier run into ``out_dir`` whose input file has the same
             SHA-256 (content, not name) and whose explanation files are still there; predict the rest.
         flush_every: rewrite the tables after this many batches, so an interrupted batch can resume.
+        shard: ``(I, N)``: process only shard I of N and write to ``out_dir/shard-I-of-N``
+            (see :mod:`medlens.pipelines.shards`; ``medlens merge`` joins the shards).
     """
     predictor = predictor or Predictor(run_dir)
-    out = prepare_output_dir(out_dir, overwrite=overwrite or resume)
+    out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     if explainer is not None:
         explainer.retarget(out)
         explain = explainer.options
     elif explain is not None:
         explainer = Explainer(predictor, explain, out)
-    files, errors = expand_inputs(inputs)
+    everything, errors = expand_inputs(inputs)
+    files, positions = select_shard(everything, shard)  # sorted: the same order sharded or not
     order = {str(path): index for index, path in enumerate(files)}
     previous = _previous_rows(out, explain) if resume else {}
     digests: dict[str, str] = {}
@@ -264,6 +269,8 @@ def predict_paths(
             progress(1)
     flush()
     predictions_csv = write_tables()
+    if shard is not None:
+        write_shard_manifest(out, shard, files, positions, len(everything), "predict")
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
     if errors:
         log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)

@@ -42,6 +42,7 @@ from medlens.pipelines.predict import expand_inputs, read_records
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.segment import binarize, mask_stats, postprocess
 from medlens.pipelines.segtrain import SegModel
+from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 
 __all__ = ["SegmentResult", "segment_paths", "COLUMNS", "file_sha256"]
 
@@ -118,6 +119,7 @@ def segment_paths(
     progress: Callable[[int], None] | None = None,
     model: SegModel | None = None,
     flush_every: int = 10,
+    shard: tuple[int, int] | None = None,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -132,16 +134,19 @@ def segment_paths(
         progress: Called with 1 for every input file finished.
         model: Reuse an already loaded :class:`SegModel`.
         flush_every: Rewrite ``segmentation.csv`` after this many files.
+        shard: ``(I, N)``: only shard I of N, into ``out_dir/shard-I-of-N`` (see
+            :mod:`medlens.pipelines.shards`).
 
     Raises:
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
     """
     model = model or SegModel(run_dir)
     threshold = model.threshold if threshold is None else float(threshold)
-    out = prepare_output_dir(out_dir, overwrite=overwrite or resume)
+    out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     previous = _previous_rows(out) if resume else {}
     explainer = _Explainer(model) if explain else None
-    files, errors = expand_inputs(inputs)
+    everything, errors = expand_inputs(inputs)
+    files, positions = select_shard(everything, shard)
     columns = COLUMNS + (["explanation"] if explain else [])
     rows: list[dict[str, Any]] = []
     skipped = 0
@@ -185,6 +190,8 @@ def segment_paths(
     atomic_write_json(out / "segmentation.json", {"run": str(model.run.root.resolve()),
                                                   "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
                                                   "images": len(rows), "errors": len(errors), "kept": skipped})
+    if shard is not None:
+        write_shard_manifest(out, shard, files, positions, len(everything), "segment")
     if errors:
         log.warning("%d input(s) could not be segmented; see %s", len(errors), errors_csv)
     return SegmentResult(out, csv_path, errors_csv, rows, errors, skipped)

@@ -100,7 +100,7 @@ class PhaseConfig:
 
 @dataclass
 class TrainConfig:
-    """Two phases plus callbacks."""
+    """Two phases plus callbacks, and how many devices train (see :mod:`medlens.pipelines.distribute`)."""
 
     phase1: PhaseConfig = field(default_factory=lambda: PhaseConfig(5, 1e-3, 0))
     phase2: PhaseConfig = field(default_factory=lambda: PhaseConfig(5, 1e-5, 1))
@@ -111,6 +111,10 @@ class TrainConfig:
     reduce_lr_factor: float = 0.5
     tensorboard: bool = False
     workers: int = 1
+    distribution: str = "none"
+    devices: int = 0
+    scale_learning_rate: bool = False
+    mixed_precision: str = "none"
 
 
 @dataclass
@@ -406,10 +410,14 @@ _SEG_CHOICES = {
     "model.upsampling": ("transpose", "bilinear"),
     "model.loss": ("bce", "dice", "bce_dice", "focal", "tversky"),
     "train.optimizer": ("adam", "sgd", "adamw"),
+    "train.distribution": ("none", "mirrored", "multi_worker"),
+    "train.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
 }
 
 _CHOICES = {
     "task": ("classification",),
+    "train.distribution": ("none", "mirrored", "multi_worker"),
+    "train.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "data.kind": ("folder", "csv", "npz"),
     "data.augment": ("none", "xray", "tumour", "fundus"),
     "model.pooling": ("avg", "max"),

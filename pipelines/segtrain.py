@@ -299,6 +299,7 @@ def train_segmentation(
     verbose: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
     started: float | None = None,
+    distribution: Any = None,
 ) -> Any:
     """Train, choose the threshold, evaluate on test and write the run directory.
 
@@ -308,7 +309,18 @@ def train_segmentation(
     Returns:
         A :class:`~medlens.pipelines.train.TrainResult` whose metrics are the pooled test metrics.
     """
-    from medlens.pipelines.train import TrainResult, _optimizer, _save_model, restore_rng_state, run_phases
+    from medlens.pipelines.distribute import Distribution
+    from medlens.pipelines.train import (
+        EvenBatches,
+        TrainResult,
+        _optimizer,
+        _save_model,
+        reload_outside,
+        restore_rng_state,
+        run_phases,
+    )
+
+    distribution = distribution or Distribution()
 
     started = started or time.time()
     dataset = load_seg_dataset(cfg.data, seed=cfg.seed)
@@ -322,11 +334,14 @@ def train_segmentation(
     kwargs.update(augment="none")
     val_data = SegmentationSequence(dataset.splits["val"], **kwargs, preprocess=preprocess, seed=cfg.seed + 1,
                                     shuffle=False)
-    if resume_state is not None:
-        model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
-        restore_rng_state(model, resume_state.get("rng", []))
-    else:
-        model = _build_model(cfg)
+    if distribution.replicas > 1:
+        train_data, val_data = EvenBatches(train_data, distribution.replicas), EvenBatches(val_data, distribution.replicas)
+    with distribution.scope():
+        if resume_state is not None:
+            model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
+            restore_rng_state(model, resume_state.get("rng", []))
+        else:
+            model = _build_model(cfg)
     has_encoder = cfg.model.encoder != "none"
 
     def prepare_phase(m: keras.Model, phase: Any) -> None:
@@ -341,11 +356,13 @@ def train_segmentation(
         else:
             m.compile(optimizer=optimizer, loss=get_loss(cfg.model.loss), metrics=segmentation_metrics())
 
-    model, state = run_phases(run, cfg, model, train_data, val_data, prepare_phase=prepare_phase,
-                              compile_phase=compile_phase, resume_state=resume_state, verbose=verbose,
-                              callbacks=callbacks)
+    with distribution.scope():
+        model, state = run_phases(run, cfg, model, train_data, val_data, prepare_phase=prepare_phase,
+                                  compile_phase=compile_phase, resume_state=resume_state, verbose=verbose,
+                                  callbacks=callbacks)
     generator = _generator(model)
     _save_model(generator, run.model_path)
+    generator = reload_outside(distribution, generator, run.model_path)
     d = cfg.data
     tile = cfg.evaluate.tile or (d.patch_size if d.mode == "patch" else max(d.image_size))
     previous = float(run.read_state().get("train_seconds", 0)) if run.state_path.is_file() else 0.0
@@ -369,6 +386,7 @@ def train_segmentation(
         "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": int(state.get("epochs_done", 0)),
         "resumed": resume_state is not None,
+        "distribution": distribution.describe(),
         "data_report": dataset.report,
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,

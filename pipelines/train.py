@@ -32,6 +32,7 @@ from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier, freeze_backbone, unfreeze_all, unfreeze_top_blocks
 from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig, config_to_dict, load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
+from medlens.pipelines.distribute import Distribution, setup_distribution
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
@@ -211,10 +212,11 @@ def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
-def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, num_classes: int) -> None:
+def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, num_classes: int, replicas: int = 1) -> None:
     binary = num_classes == 2
+    rate = phase.learning_rate * (replicas if cfg.train.scale_learning_rate else 1)
     model.compile(
-        optimizer=_optimizer(cfg.train.optimizer, phase.learning_rate),
+        optimizer=_optimizer(cfg.train.optimizer, rate),
         loss="binary_crossentropy" if binary else "categorical_crossentropy",
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy") if binary else keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -376,11 +378,56 @@ def train(
         run = RunDir(run_dir).create(overwrite=overwrite)
         run.write_config(config_to_dict(cfg))
     set_determinism(cfg.seed)
+    distribution = setup_distribution(cfg.train.distribution, devices=cfg.train.devices,
+                                      mixed_precision=cfg.train.mixed_precision)
+    if distribution.kind != "none":
+        log.info("training on %d replicas (%s)", distribution.replicas, distribution.kind)
+    return _train_task(cfg, run, resume_state, resume=resume, verbose=verbose, callbacks=callbacks,
+                       started=started, distribution=distribution)
+
+
+class EvenBatches(keras.utils.PyDataset):
+    """A dataset without a trailing batch smaller than the number of replicas.
+
+    TensorFlow's strategies split each batch across replicas; a last batch of one image leaves
+    a replica an empty batch, which BatchNorm cannot take. Only used when training on several
+    replicas (evaluation runs on one device, with every image).
+    """
+
+    def __init__(self, dataset: Any, replicas: int):
+        super().__init__()
+        self.dataset = dataset
+        self.length = len(dataset)
+        if self.length > 1 and len(dataset[self.length - 1][0]) < replicas:
+            self.length -= 1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def on_epoch_end(self) -> None:
+        self.dataset.on_epoch_end()
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def reload_outside(distribution: Distribution, model: keras.Model, path: Path) -> keras.Model:
+    """A model bound to no strategy, for single-device evaluation (the file just saved)."""
+    return model if distribution.kind == "none" else keras.saving.load_model(path)
+
+
+def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[str, Any] | None, *,
+                    resume: bool, verbose: int, callbacks: list[keras.callbacks.Callback] | None, started: float,
+                    distribution: Distribution) -> TrainResult:
     if cfg.task == "segmentation":
         from medlens.pipelines.segtrain import train_segmentation
 
         return train_segmentation(cfg, run, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
-                                  started=started)
+                                  started=started, distribution=distribution)
 
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     class_names = list(dataset.class_names)
@@ -391,33 +438,39 @@ def train(
     log.info("classes %s; counts %s", class_names, dataset.report.get("class_counts"))
 
     backbone_name = cfg.model.backbone
-    if resume_state is not None:
-        model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
-        restore_rng_state(model, resume_state.get("rng", []))
-    else:
-        model = build_classifier(
-            backbone=backbone_name,
-            num_classes=num_classes,
-            input_shape=(*cfg.data.image_size, 3),
-            weights=cfg.model.weights,
-            pooling=cfg.model.pooling,
-            dropout=cfg.model.dropout,
-            dense_units=cfg.model.dense_units,
-        )
+    with distribution.scope():
+        if resume_state is not None:
+            model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
+            restore_rng_state(model, resume_state.get("rng", []))
+        else:
+            model = build_classifier(
+                backbone=backbone_name,
+                num_classes=num_classes,
+                input_shape=(*cfg.data.image_size, 3),
+                weights=cfg.model.weights,
+                pooling=cfg.model.pooling,
+                dropout=cfg.model.dropout,
+                dense_units=cfg.model.dense_units,
+            )
     sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
+    train_data, val_data = sequences["train"], sequences["val"]
+    if distribution.replicas > 1:
+        train_data, val_data = EvenBatches(train_data, distribution.replicas), EvenBatches(val_data, distribution.replicas)
     weights = class_weights(dataset.splits["train"].labels, num_classes) if cfg.data.class_weights else None
     pretrained = str(cfg.model.weights).lower() not in ("none", "")
     if cfg.train.phase1.unfreeze_blocks == 0 and not pretrained:
         log.warning("phase 1 freezes a backbone with random weights (model.weights: none); "
                     "set train.phase1.unfreeze_blocks=-1 to train it from scratch")
 
-    model, state = run_phases(
-        run, cfg, model, sequences["train"], sequences["val"],
-        prepare_phase=lambda m, phase: _set_trainable(m, backbone_name, phase.unfreeze_blocks),
-        compile_phase=lambda m, phase: _compile(m, cfg, phase, num_classes),
-        class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
-    )
+    with distribution.scope():
+        model, state = run_phases(
+            run, cfg, model, train_data, val_data,
+            prepare_phase=lambda m, phase: _set_trainable(m, backbone_name, phase.unfreeze_blocks),
+            compile_phase=lambda m, phase: _compile(m, cfg, phase, num_classes, distribution.replicas),
+            class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
+        )
     _save_model(model, run.model_path)
+    model = reload_outside(distribution, model, run.model_path)
     epochs_done = int(state.get("epochs_done", 0))
     previous_seconds = float(run.read_state().get("train_seconds", 0)) if run.state_path.is_file() else 0.0
     run.write_state({
@@ -431,6 +484,7 @@ def train(
         "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": epochs_done,
         "resumed": resume,
+        "distribution": distribution.describe(),
         "data_report": dataset.report,
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,

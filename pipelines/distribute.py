@@ -108,10 +108,11 @@ def setup_distribution(kind: str, *, devices: int = 0, mixed_precision: str = "n
             strategy = tf.distribute.MirroredStrategy(names, cross_device_ops=tf.distribute.ReductionToOneDevice())
         return Distribution("mirrored", strategy, strategy.num_replicas_in_sync)
     if kind == "multi_worker":
-        # tf.distribute.MultiWorkerMirroredStrategy fails inside Keras 3.15's TensorFlow trainer: before
-        # the first step it all-reduces a data batch across workers to build the model symbolically,
-        # and that reduce rejects the per-replica batch (ValueError: Attempt to convert a value
-        # (PerReplica…)). Refused here rather than offered broken; tracked in the scale-out issue.
+        # tf.distribute.MultiWorkerMirroredStrategy fails inside Keras 3.15's TensorFlow trainer, twice
+        # over: before the first step it all-reduces a data batch across workers to build the model
+        # (ValueError: Attempt to convert a value (PerReplica…)), and once past that (building from
+        # the local batch) its metric reduction calls strategy.reduce("MEAN", scalar, axis=0)
+        # (ValueError: Invalid reduction dimension 0). Refused rather than offered broken.
         raise ConfigError("train.distribution=multi_worker does not work with Keras 3's TensorFlow trainer yet "
                           "(MultiWorkerMirroredStrategy fails before the first step); use mirrored on one machine")
     raise ConfigError(f"train.distribution must be none or mirrored, got {kind!r}")

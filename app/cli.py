@@ -151,11 +151,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     _maybe_report(args, result.out_dir)
-    if result.errors:
-        print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
-        for path, reason in result.errors[:5]:
-            print(f"  {path}: {reason}")
-    return 0 if result.rows or not result.errors else 1
+    return _report_errors(result)
 
 
 def _explain_options(args: argparse.Namespace, methods: str | None):
@@ -211,6 +207,11 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         written = export_overlays(result.out_dir, result.rows, list(explain.methods))
         print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
     _maybe_report(args, result.out_dir)
+    return _report_errors(result)
+
+
+def _report_errors(result) -> int:
+    """List the inputs a batch skipped; exit 1 only when nothing at all could be processed."""
     if result.errors:
         print(f"{len(result.errors)} input(s) skipped → {result.errors_csv}")
         for path, reason in result.errors[:5]:

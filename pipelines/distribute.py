@@ -47,6 +47,11 @@ class Distribution:
         """Build, load and compile models inside this."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def release(self) -> None:
+        """Stop distributing new models (JAX's distribution is global); TF strategies are scoped."""
+        if keras.backend.backend() == "jax" and self.kind != "none":
+            keras.distribution.set_distribution(None)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "replicas": self.replicas, "chief": self.chief,
                 "backend": keras.backend.backend()}

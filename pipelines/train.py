@@ -387,19 +387,24 @@ def train(
 
 
 class EvenBatches(keras.utils.PyDataset):
-    """A dataset without a trailing batch smaller than the number of replicas.
+    """A dataset whose last batch splits evenly across replicas (a remainder batch is dropped).
 
-    TensorFlow's strategies split each batch across replicas; a last batch of one image leaves
-    a replica an empty batch, which BatchNorm cannot take. Only used when training on several
-    replicas (evaluation runs on one device, with every image).
+    TensorFlow's strategies split each batch across replicas, and a last batch of one image
+    leaves a replica an empty batch, which BatchNorm cannot take; JAX's DataParallel needs
+    every batch divisible by the device count. Only used when training on several replicas
+    (evaluation runs on one device, with every image).
     """
 
     def __init__(self, dataset: Any, replicas: int):
         super().__init__()
         self.dataset = dataset
         self.length = len(dataset)
-        if self.length > 1 and len(dataset[self.length - 1][0]) < replicas:
-            self.length -= 1
+        if self.length > 1:
+            last = len(dataset[self.length - 1][0])
+            # JAX shards every batch evenly over devices; TensorFlow only needs one image per replica.
+            uneven = last % replicas if keras.backend.backend() == "jax" else last < replicas
+            if uneven:
+                self.length -= 1
 
     def __len__(self) -> int:
         return self.length
@@ -417,7 +422,10 @@ class EvenBatches(keras.utils.PyDataset):
 
 def reload_outside(distribution: Distribution, model: keras.Model, path: Path) -> keras.Model:
     """A model bound to no strategy, for single-device evaluation (the file just saved)."""
-    return model if distribution.kind == "none" else keras.saving.load_model(path)
+    if distribution.kind == "none":
+        return model
+    distribution.release()
+    return keras.saving.load_model(path)
 
 
 def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[str, Any] | None, *,

@@ -47,6 +47,25 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(phantom_dir, tmp_path):
     assert metrics["one"]["n"] == metrics["two"]["n"]  # evaluation sees every test image on one device
 
 
+@pytest.mark.slow
+def test_jax_data_parallel_over_two_host_devices(phantom_dir, tmp_path):
+    import os
+
+    cfg = config_to_dict(tiny_config(phantom_dir, data__image_size=[48, 48]))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([sys.executable, "-m", "medlens.app.cli", "train", str(config), "--out", str(tmp_path / "jax"),
+                           "train.distribution=mirrored"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    state = json.loads((tmp_path / "jax" / "run.json").read_text())
+    assert state["keras_backend"] == "jax"
+    assert state["distribution"] == {"kind": "mirrored", "replicas": 2, "chief": True, "backend": "jax"}
+    test = json.loads((tmp_path / "jax" / "metrics.json").read_text())["test"]
+    assert test["n"] == 24 and test["auc"] > 0.5  # every test image, evaluated on one device
+
+
 def test_distribution_options_are_validated():
     with pytest.raises(ConfigError, match="train.distribution"):
         load_config({"train": {"distribution": "horovod"}})

@@ -150,6 +150,23 @@ class _PairedOptimizer(keras.optimizers.Optimizer):
     def iterations(self):
         return self.g_optimizer.iterations
 
+    @property
+    def learning_rate(self):
+        """The generator's learning rate (what history and reduce-on-plateau read)."""
+        return self.g_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        """Scale both optimizers by ``value / generator rate``: the D/G learning-rate ratio is kept."""
+        if "g_optimizer" not in self.__dict__:  # Optimizer.__init__ sets its own rate first
+            keras.optimizers.Optimizer.learning_rate.fset(self, value)
+            return
+        current = float(ops.convert_to_numpy(self.g_optimizer.learning_rate))
+        factor = float(value) / current if current > 0 else 1.0
+        d_rate = float(ops.convert_to_numpy(self.d_optimizer.learning_rate))
+        self.g_optimizer.learning_rate = float(value)
+        self.d_optimizer.learning_rate = d_rate * factor
+
     def build(self, variables) -> None:
         self.built = True
 

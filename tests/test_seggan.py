@@ -128,6 +128,18 @@ def test_save_load_resume_continues_identically(tmp_path):
     assert weights_equal(optimizer_values(gan), optimizer_values(fresh))
 
 
+def test_learning_rate_is_the_generators_and_lowering_it_lowers_both():
+    # What history.csv records and what reduce-on-plateau changes (once a silent no-op on a GAN).
+    gan = tiny_gan(lr=3e-3)
+    assert float(gan.optimizer.learning_rate) == pytest.approx(3e-3)
+    gan.optimizer.learning_rate = 1.5e-3
+    assert float(gan.g_optimizer.learning_rate) == pytest.approx(1.5e-3)
+    assert float(gan.d_optimizer.learning_rate) == pytest.approx(5e-4)  # the D/G ratio is kept
+    images, masks = disk_data(8)
+    gan.fit(images, masks, batch_size=4, epochs=1, verbose=0)
+    assert float(gan.d_optimizer.learning_rate) == pytest.approx(5e-4)
+
+
 def test_compile_rejects_shared_optimizer():
     gan = SegGAN(build_unet((32, 32, 1), depth=2, filters=4), build_discriminator((32, 32, 1), 4, 2))
     optimizer = keras.optimizers.Adam()

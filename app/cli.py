@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 
@@ -87,8 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume RUN continues a run with its own config.yaml; give no CONFIG or overrides")
         print(f"resuming {args.resume}")
         result = train(None, args.resume, resume=True, verbose=_fit_verbosity())
-        _print_metrics(result.metrics, "test")
-        print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs)")
+        _print_train_result(result)
         return 0
     if not args.config:
         raise ConfigError("give a preset name or a YAML config (see `medlens presets`), or --resume RUN")
@@ -100,9 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
     result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity())
+    _print_train_result(result)
+    return 0
+
+
+def _print_train_result(result: Any) -> None:
+    if not result.metrics:  # a multi_worker worker that is not the chief
+        print(f"worker finished {result.epochs_run} epochs in {result.seconds:.0f} s; "
+              f"the chief evaluates and writes the run ({result.run_dir} on the chief)")
+        return
     _print_metrics(result.metrics, "test")
     print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs, {result.seconds:.0f} s)")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -115,6 +115,7 @@ class TrainConfig:
     devices: int = 0
     scale_learning_rate: bool = False
     mixed_precision: str = "none"
+    join_timeout: float = 600.0
 
 
 @dataclass
@@ -441,6 +442,8 @@ def _check_train(train: TrainConfig) -> None:
         raise ConfigError("epochs must be >= 0")
     if train.phase1.epochs + train.phase2.epochs == 0:
         raise ConfigError("train.phase1.epochs + train.phase2.epochs must be at least 1")
+    if train.join_timeout <= 0:
+        raise ConfigError(f"config key 'train.join_timeout' must be a number of seconds above 0, got {train.join_timeout}")
 
 
 def _validate_seg(cfg: SegRunConfig) -> None:

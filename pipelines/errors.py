@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "WeightsError",
     "RunDirError",
+    "ClusterError",
 ]
 
 
@@ -49,3 +50,7 @@ class WeightsError(MedlensError):
 
 class RunDirError(MedlensError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+class ClusterError(MedlensError):
+    """A multi-worker training cluster did not assemble, or lost a worker mid-run."""

@@ -318,6 +318,7 @@ def train_segmentation(
         reload_outside,
         restore_rng_state,
         run_phases,
+        worker_result,
     )
 
     distribution = distribution or Distribution()
@@ -362,6 +363,8 @@ def train_segmentation(
                                   callbacks=callbacks)
     generator = _generator(model)
     _save_model(generator, run.model_path)
+    if (done := worker_result(distribution, run, state, started)) is not None:
+        return done
     generator = reload_outside(distribution, generator, run.model_path)
     d = cfg.data
     tile = cfg.evaluate.tile or (d.patch_size if d.mode == "patch" else max(d.image_size))

@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier, freeze_backbone, unfreeze_all, unfreeze_top_blocks
 from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig, config_to_dict, load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
-from medlens.pipelines.distribute import Distribution, setup_distribution
+from medlens.pipelines.distribute import Distribution, cluster_failure, setup_distribution, worker_role
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
@@ -369,21 +371,54 @@ def train(
     started = time.time()
     resume_state = None
     if resume:
-        run = RunDir(run_dir)
-        resume_state = _resume_state(run)
-        cfg = load_config(run.read_config())
+        chief_run = RunDir(run_dir)
+        resume_state = _resume_state(chief_run)
+        cfg = load_config(chief_run.read_config())
+    elif cfg is None:
+        raise ConfigError("a configuration is needed unless resuming")
+    # Read before anything starts TensorFlow: a bad TF_CONFIG fails here, with no run directory made.
+    role = worker_role(cfg.train.distribution)
+    scratch = None
+    if not role.chief:
+        # Every worker runs the same fit and saves in step with the chief; only the chief's files are kept.
+        scratch = Path(tempfile.mkdtemp(prefix=f"medlens-worker{role.index}-"))
+        run = RunDir(scratch / "run").create()
+        run.write_config(config_to_dict(cfg))
+        if resume:
+            shutil.copytree(chief_run.checkpoints, run.checkpoints, dirs_exist_ok=True)
+    elif resume:
+        run = chief_run
     else:
-        if cfg is None:
-            raise ConfigError("a configuration is needed unless resuming")
         run = RunDir(run_dir).create(overwrite=overwrite)
         run.write_config(config_to_dict(cfg))
-    set_determinism(cfg.seed)
-    distribution = setup_distribution(cfg.train.distribution, devices=cfg.train.devices,
-                                      mixed_precision=cfg.train.mixed_precision)
-    if distribution.kind != "none":
-        log.info("training on %d replicas (%s)", distribution.replicas, distribution.kind)
-    return _train_task(cfg, run, resume_state, resume=resume, verbose=verbose, callbacks=callbacks,
-                       started=started, distribution=distribution)
+    try:
+        distribution = setup_distribution(cfg.train.distribution, devices=cfg.train.devices,
+                                          mixed_precision=cfg.train.mixed_precision,
+                                          join_timeout=cfg.train.join_timeout)
+        set_determinism(cfg.seed)
+        if distribution.kind != "none":
+            log.info("training on %d replicas (%s)", distribution.replicas, distribution.kind)
+        try:
+            result = _train_task(cfg, run, resume_state, resume=resume, verbose=verbose, callbacks=callbacks,
+                                 started=started, distribution=distribution)
+        except Exception as exc:
+            failure = cluster_failure(exc, run_dir) if distribution.kind == "multi_worker" else None
+            if failure is None:
+                raise
+            raise failure from None
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if scratch is not None:
+        return TrainResult(Path(run_dir), {}, result.epochs_run, result.seconds)
+    return result
+
+
+def worker_result(distribution: Distribution, run: RunDir, state: dict[str, Any], started: float) -> TrainResult | None:
+    """For a worker that is not the chief, the end of training: the chief evaluates and writes the run."""
+    if distribution.chief:
+        return None
+    return TrainResult(run.root, {}, int(state.get("epochs_done", 0)), time.time() - started)
 
 
 class EvenBatches(keras.utils.PyDataset):
@@ -478,6 +513,8 @@ def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[s
             class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
         )
     _save_model(model, run.model_path)
+    if (done := worker_result(distribution, run, state, started)) is not None:
+        return done
     model = reload_outside(distribution, model, run.model_path)
     epochs_done = int(state.get("epochs_done", 0))
     previous_seconds = float(run.read_state().get("train_seconds", 0)) if run.state_path.is_file() else 0.0

@@ -4,8 +4,10 @@
 1. ``medlens predict`` (and ``segment``) over the same images as one process, then as two
    ``--shard I/2`` processes at once followed by ``medlens merge``: images/s end to end,
    process start-up included (that is what a scheduler pays).
-2. Training steps/s of the same tiny classifier on one device and with
-   ``train.distribution=mirrored`` over 2 logical CPU devices (``history.csv`` epochs, same data).
+2. Training steps/s of the same tiny classifier on one device, with
+   ``train.distribution=mirrored`` over 2 logical CPU devices, and with
+   ``train.distribution=multi_worker`` as two worker processes talking gRPC over 127.0.0.1
+   (``TF_CONFIG``), as two machines would (``history.csv`` epochs, same data).
 
 Usage (from the repository root)::
 
@@ -19,6 +21,7 @@ Writes ``<out>/scaleout.json`` and ``.md``. On a GPU machine, run it there to ad
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -40,9 +43,10 @@ def _run(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _parallel(commands: list[list[str]]) -> float:
+def _parallel(commands: list[list[str]], envs: list[dict[str, str]] | None = None) -> float:
     started = time.perf_counter()
-    jobs = [subprocess.Popen(CLI + c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in commands]
+    jobs = [subprocess.Popen(CLI + c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=None if envs is None else {**os.environ, **envs[i]}) for i, c in enumerate(commands)]
     for job in jobs:
         _, err = job.communicate()
         if job.returncode:
@@ -77,13 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     (args.work / "seg.yaml").write_text(yaml.safe_dump(seg))
     report: dict[str, Any] = {"machine": machine_info(), "images": args.images, "inference": {}, "training": {}}
 
-    # Training: one device vs mirrored over two logical CPUs (fresh processes for both).
+    # Training: one device, mirrored over two logical CPUs, two loopback workers (fresh processes for all).
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     for name, extra in (("one device", []), ("mirrored, 2 logical CPUs", ["train.distribution=mirrored",
-                                                                         "train.devices=2"])):
+                                                                         "train.devices=2"]),
+                        ("multi_worker, 2 processes on loopback", ["train.distribution=multi_worker"])):
         run = args.work / ("run-" + name.split()[0].strip(","))
-        _run(["train", str(args.work / "cls.yaml"), "--out", str(run), *extra])
+        command = ["train", str(args.work / "cls.yaml"), "--out", str(run), *extra]
+        if "multi_worker" in name:
+            _parallel([command, command], [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+                "type": "worker", "index": i}})} for i in range(2)])
+        else:
+            _run(command)
         import csv
-        import json
 
         state = json.loads((run / "run.json").read_text())
         epochs = len(list(csv.DictReader((run / "history.csv").open())))

@@ -371,7 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a classifier from a preset or YAML config")
+    p = sub.add_parser(
+        "train", help="train a classifier or segmentation model from a preset or YAML config",
+        epilog="Several devices: train.distribution=mirrored (this machine's GPUs, or train.devices logical "
+               "CPUs); several machines: train.distribution=multi_worker, the same command on every worker, "
+               "each with TF_CONFIG (see docs/scale-out.md).")
     p.add_argument("config", nargs="?", help="preset name (see `medlens presets`) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.phase1.epochs=3")
     p.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")

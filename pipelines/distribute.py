@@ -213,6 +213,9 @@ def worker_role(kind: str, environ: Any = None) -> WorkerRole:
     """
     if kind != "multi_worker":
         return WorkerRole()
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(f"train.distribution=multi_worker needs the TensorFlow backend "
+                          f"(MultiWorkerMirroredStrategy), not {keras.backend.backend()}; on one machine use mirrored")
     raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
     where = "TF_CONFIG (the environment variable train.distribution=multi_worker reads its cluster from)"
     if not raw.strip():

@@ -98,7 +98,7 @@ def test_cluster_failures_become_one_line_errors():
     assert cluster_failure(ValueError("bad pixel"), "r") is None  # other errors pass through unchanged
 
 
-def test_tf_config_is_read_and_checked():
+def test_tf_config_is_read_and_checked(monkeypatch):
     ports = [23001, 23002, 23003]
     roles = [worker_role("multi_worker", {"TF_CONFIG": _tf_config(ports, i)}) for i in range(3)]
     assert [(r.index, r.workers, r.chief) for r in roles] == [(0, 3, True), (1, 3, False), (2, 3, False)]
@@ -118,6 +118,11 @@ def test_tf_config_is_read_and_checked():
     for raw, message in bad.items():
         with pytest.raises(ConfigError, match=message):
             worker_role("multi_worker", {"TF_CONFIG": raw})
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ConfigError, match="multi_worker needs the TensorFlow backend"):
+        worker_role("multi_worker", {"TF_CONFIG": _tf_config(ports, 0)})
 
 
 def _free_ports(count: int) -> list[int]:

@@ -82,7 +82,7 @@ def _logical_cpus(count: int) -> None:
 
 
 def setup_distribution(kind: str, *, devices: int = 0, mixed_precision: str = "none",
-                       join_timeout: float = 600.0) -> Distribution:
+                       join_timeout: float = 600.0, role: WorkerRole | None = None) -> Distribution:
     """Create the strategy for ``train.distribution`` (see the module docstring).
 
     Raises:
@@ -126,7 +126,7 @@ def setup_distribution(kind: str, *, devices: int = 0, mixed_precision: str = "n
             strategy = tf.distribute.MirroredStrategy(names, cross_device_ops=tf.distribute.ReductionToOneDevice())
         return Distribution("mirrored", strategy, strategy.num_replicas_in_sync)
     if kind == "multi_worker":
-        role = worker_role(kind)
+        role = role or worker_role(kind)
         _patch_keras_for_multi_worker()
         with _JoinWatchdog(join_timeout, role):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()

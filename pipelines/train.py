@@ -394,7 +394,7 @@ def train(
     try:
         distribution = setup_distribution(cfg.train.distribution, devices=cfg.train.devices,
                                           mixed_precision=cfg.train.mixed_precision,
-                                          join_timeout=cfg.train.join_timeout)
+                                          join_timeout=cfg.train.join_timeout, role=role)
         set_determinism(cfg.seed)
         if distribution.kind != "none":
             log.info("training on %d replicas (%s)", distribution.replicas, distribution.kind)

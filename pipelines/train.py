@@ -36,6 +36,7 @@ from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig, confi
 from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
 from medlens.pipelines.distribute import Distribution, cluster_failure, setup_distribution, worker_role
 from medlens.pipelines.errors import ConfigError, RunDirError
+from medlens.pipelines.frozen import FeatureSequence, cached_features, split_frozen
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
 
@@ -142,8 +143,11 @@ class _PhaseController(keras.callbacks.Callback):
     """
 
     def __init__(self, run: RunDir, cfg: RunConfig, phase: int, phase_start: int, state: dict[str, Any],
-                 rows: list[dict[str, Any]]):
+                 rows: list[dict[str, Any]], saved: keras.Model | None = None):
         super().__init__()
+        # What checkpoints hold: the fitted model, or the whole classifier when only its
+        # trainable top is fitted on cached activations (the two share every weight).
+        self.saved = saved
         self.run = run
         self.train_cfg = cfg.train
         self.monitor = cfg.train.monitor
@@ -167,12 +171,13 @@ class _PhaseController(keras.callbacks.Callback):
             )
         value = float(value)
         state = self.state
+        saved = self.saved or self.model
         if math.isfinite(value) and self._better(value, state.get("best")):
             state.update(best=value, best_epoch=epoch + 1)
-            _save_model(self.model, self.run.checkpoints / "best.keras")
+            _save_model(saved, self.run.checkpoints / "best.keras")
         if math.isfinite(value) and self._better(value, state["phase_best"]):
             state.update(phase_best=value, wait=0, lr_wait=0)
-            self.model.save_weights(self.run.checkpoints / "phase_best.weights.h5")
+            saved.save_weights(self.run.checkpoints / "phase_best.weights.h5")
         else:
             state["wait"] += 1
             state["lr_wait"] += 1
@@ -188,7 +193,7 @@ class _PhaseController(keras.callbacks.Callback):
         # Like EarlyStopping(restore_best_weights=True): the phase hands on its best epoch.
         best_weights = self.run.checkpoints / "phase_best.weights.h5"
         if best_weights.is_file():
-            self.model.load_weights(best_weights)
+            (self.saved or self.model).load_weights(best_weights)
         last = self.rows[-1]["epoch"] if self.rows else self.phase_start
         self._checkpoint(last, complete=True)
 
@@ -196,10 +201,11 @@ class _PhaseController(keras.callbacks.Callback):
         # The model file is named by epoch and written before the state that points at it,
         # so a kill at any instant leaves a state.json whose checkpoint is complete.
         name = f"last-e{epoch:03d}{'-end' if complete else ''}.keras"
-        _save_model(self.model, self.run.checkpoints / name)
+        saved = self.saved or self.model
+        _save_model(saved, self.run.checkpoints / name)
         self.state.update(phase=self.phase, phase_start=self.phase_start, epochs_done=epoch,
                           phase_complete=complete, checkpoint=name, history=self.rows,
-                          rng=rng_state(self.model))
+                          rng=rng_state(saved))
         atomic_write_json(self.run.checkpoints / "state.json", self.state)
         for old in self.run.checkpoints.glob("last-e*.keras"):
             if old.name != name:
@@ -214,11 +220,12 @@ def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
-def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, num_classes: int, replicas: int = 1) -> None:
+def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, num_classes: int, replicas: int = 1,
+             optimizer: keras.optimizers.Optimizer | None = None) -> None:
     binary = num_classes == 2
     rate = phase.learning_rate * (replicas if cfg.train.scale_learning_rate else 1)
     model.compile(
-        optimizer=_optimizer(cfg.train.optimizer, rate),
+        optimizer=optimizer or _optimizer(cfg.train.optimizer, rate),
         loss="binary_crossentropy" if binary else "categorical_crossentropy",
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy") if binary else keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -272,6 +279,7 @@ def run_phases(
     resume_state: dict[str, Any] | None = None,
     verbose: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    frozen_top: Callable[[keras.Model, PhaseConfig], tuple[keras.Model, Any, Any] | None] | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Fit ``model`` through the two phases of ``cfg.train``, checkpointing every epoch.
 
@@ -279,7 +287,10 @@ def run_phases(
     phase changes trainability (``prepare_phase``) and what it compiles with
     (``compile_phase``). With ``resume_state`` (``checkpoints/state.json`` of an
     interrupted run) it continues from the last finished epoch with the saved
-    optimizer, counters and history.
+    optimizer, counters and history. ``frozen_top(model, phase)`` may return the
+    model's trainable top with data sets of cached frozen activations
+    (:mod:`medlens.pipelines.frozen`): the phase then fits that top, sharing the
+    model's weights and optimizer, and checkpoints still hold the whole model.
 
     Returns:
         The model holding the best weights, and the final controller state.
@@ -305,17 +316,22 @@ def run_phases(
             compile_phase(model, phase)
         log.info("phase %d: epochs %d-%d at lr %g, %d trainable weights", number, phase_start + 1,
                  phase_start + phase.epochs, phase.learning_rate, len(model.trainable_weights))
+        started = time.time()  # the phase's cost includes computing any cached activations
+        fitted, phase_train, phase_val = model, train_data, val_data
+        top = frozen_top(model, phase) if frozen_top is not None else None
+        if top is not None:
+            fitted, phase_train, phase_val = top
         phase_callbacks: list[keras.callbacks.Callback] = [
             _HistoryWriter(run.history_path, rows, number),
-            _PhaseController(run, cfg, number, phase_start, state, rows),
+            _PhaseController(run, cfg, number, phase_start, state, rows, saved=model if top else None),
         ]
-        if hasattr(train_data, "set_epoch"):
-            phase_callbacks.insert(0, _EpochSync(train_data))
+        if hasattr(phase_train, "set_epoch"):
+            phase_callbacks.insert(0, _EpochSync(phase_train))
         if cfg.train.tensorboard:
             phase_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.root / "tensorboard")))
-        model.fit(
-            train_data,
-            validation_data=val_data,
+        fitted.fit(
+            phase_train,
+            validation_data=phase_val,
             initial_epoch=epochs_done,
             epochs=phase_start + phase.epochs,
             class_weight=class_weight,
@@ -325,6 +341,10 @@ def run_phases(
             verbose=verbose,
             callbacks=phase_callbacks + list(callbacks or []),
         )
+        ran = int(state["epochs_done"]) - epochs_done
+        if ran:
+            log.info("phase %d: %d epochs in %.1f s (%.2f epochs/s%s)", number, ran, time.time() - started,
+                     ran / max(time.time() - started, 1e-9), ", frozen layers cached" if top else "")
         epochs_done = int(state["epochs_done"])
     best_path = run.checkpoints / "best.keras"
     if best_path.is_file():
@@ -463,6 +483,26 @@ def reload_outside(distribution: Distribution, model: keras.Model, path: Path) -
     return keras.saving.load_model(path)
 
 
+def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], backbone_name: str,
+                num_classes: int) -> Callable[[keras.Model, PhaseConfig], tuple[keras.Model, Any, Any] | None]:
+    """The ``frozen_top`` hook of :func:`run_phases` for a classifier trained without augmentation."""
+
+    def hook(model: keras.Model, phase: PhaseConfig) -> tuple[keras.Model, Any, Any] | None:
+        split = split_frozen(model, backbone_name)
+        if split is None:
+            return None
+        data = [FeatureSequence(sequences[name], cached_features(split, sequences[name],
+                                                                 memory_mb=cfg.train.frozen_cache_mb))
+                for name in ("train", "val")]
+        # The same optimizer object: its state is the model's, saved in every checkpoint.
+        _compile(split.top, cfg, phase, num_classes, optimizer=model.optimizer)
+        log.info("frozen layers up to %s computed once; training %s on their activations",
+                 split.cut, split.top.name)
+        return split.top, data[0], data[1]
+
+    return hook
+
+
 def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[str, Any] | None, *,
                     resume: bool, verbose: int, callbacks: list[keras.callbacks.Callback] | None, started: float,
                     distribution: Distribution) -> TrainResult:
@@ -494,6 +534,7 @@ def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[s
                 pooling=cfg.model.pooling,
                 dropout=cfg.model.dropout,
                 dense_units=cfg.model.dense_units,
+                head_norm=cfg.model.head_norm,
             )
     sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
     train_data, val_data = sequences["train"], sequences["val"]
@@ -505,12 +546,20 @@ def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[s
         log.warning("phase 1 freezes a backbone with random weights (model.weights: none); "
                     "set train.phase1.unfreeze_blocks=-1 to train it from scratch")
 
+    frozen_top = None
+    if cfg.train.frozen_cache and distribution.kind == "none":
+        if cfg.data.augment == "none":
+            frozen_top = _frozen_top(cfg, sequences, backbone_name, num_classes)
+        else:
+            log.info("frozen layers are run every epoch: augmentation (%s) changes their input each time",
+                     cfg.data.augment)
     with distribution.scope():
         model, state = run_phases(
             run, cfg, model, train_data, val_data,
             prepare_phase=lambda m, phase: _set_trainable(m, backbone_name, phase.unfreeze_blocks),
             compile_phase=lambda m, phase: _compile(m, cfg, phase, num_classes, distribution.replicas),
             class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
+            frozen_top=frozen_top,
         )
     _save_model(model, run.model_path)
     if (done := worker_result(distribution, run, state, started)) is not None:

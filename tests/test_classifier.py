@@ -102,7 +102,7 @@ def test_frozen_backbone_weights_really_unchanged() -> None:
     _fit_one_step(model)
     after_backbone = backbone.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before_backbone, after_backbone, strict=True))
-    assert {"head_dense", "probabilities"} <= _changed(before_head, _layer_weights(model))
+    assert {"head_norm", "head_dense", "probabilities"} <= _changed(before_head, _layer_weights(model))
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_unfreeze_top_block_only(name: str, top_layers: list[str]) -> None:
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             assert not layer.trainable
-    head_weights = 2 + 2  # head_dense + probabilities kernels and biases
+    head_weights = 2 + 2 + 2  # head_norm scale and offset, head_dense + probabilities kernels and biases
     assert len(model.trainable_weights) == head_weights + sum(
         len(backbone.get_layer(n).trainable_weights) for n in top_layers
     )
@@ -156,3 +156,17 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(loaded.predict(x, verbose=0)), expected, rtol=1e-5, atol=1e-6)
     assert len(backbone_blocks(get_backbone(loaded))) == 4
     assert unfreeze_top_blocks(loaded, 1) == ["block4_conv1"]
+
+
+def test_head_normalises_pooled_features_unless_asked_not_to() -> None:
+    model = build_classifier("vgg16", 2, SMALL, weights="none")
+    norm = model.get_layer("head_norm")
+    assert isinstance(norm, keras.layers.BatchNormalization)
+    names = [layer.name for layer in model.layers]
+    assert names.index("pool") < names.index("head_norm") < names.index("head_dense")
+    freeze_backbone(model)
+    assert norm.trainable and len(norm.trainable_weights) == 2  # learned with the head in phase 1
+    plain = build_classifier("vgg16", 2, SMALL, weights="none", head_norm="none")
+    assert "head_norm" not in [layer.name for layer in plain.layers]
+    with pytest.raises(ConfigError, match="head_norm"):
+        build_classifier("small_cnn", 2, SMALL, "none", head_norm="layer")

@@ -212,6 +212,47 @@ class _PhaseController(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
 
 
+class _OnWholeModel(keras.callbacks.Callback):
+    """Hands callbacks the whole classifier while only its trainable top is fitted (cached activations).
+
+    A caller's callback reads ``self.model`` (weights, layers such as ``backbone``) and may set
+    ``self.model.stop_training``; it sees the model it passed to training, and a stop it asks for
+    reaches the fit that is running.
+    """
+
+    _HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_begin", "on_train_end", "on_train_batch_begin",
+              "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+              "on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
+
+    def __init__(self, callbacks: list[keras.callbacks.Callback], whole: keras.Model):
+        super().__init__()
+        self.inner = callbacks
+        self.whole = whole
+        for hook in self._HOOKS:
+            setattr(self, hook, self._forward(hook))
+
+    def _forward(self, hook: str) -> Callable[..., None]:
+        def call(*args: Any, **kwargs: Any) -> None:
+            for callback in self.inner:
+                getattr(callback, hook)(*args, **kwargs)
+            if getattr(self.whole, "stop_training", False):
+                self.whole.stop_training = False
+                self.model.stop_training = True
+
+        return call
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self.whole.stop_training = False
+        for callback in self.inner:
+            callback.set_model(self.whole)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        super().set_params(params)
+        for callback in self.inner:
+            callback.set_params(params)
+
+
 def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
@@ -339,12 +380,15 @@ def run_phases(
             # draws from Python's global `random`, which no checkpoint can restore.
             shuffle=False,
             verbose=verbose,
-            callbacks=phase_callbacks + list(callbacks or []),
+            callbacks=phase_callbacks + ([_OnWholeModel(list(callbacks or []), model)] if top else list(callbacks or [])),
         )
-        ran = int(state["epochs_done"]) - epochs_done
+        ran, seconds = int(state["epochs_done"]) - epochs_done, time.time() - started
         if ran:
-            log.info("phase %d: %d epochs in %.1f s (%.2f epochs/s%s)", number, ran, time.time() - started,
-                     ran / max(time.time() - started, 1e-9), ", frozen layers cached" if top else "")
+            log.info("phase %d: %d epochs in %.1f s (%.2f epochs/s%s)", number, ran, seconds,
+                     ran / max(seconds, 1e-9), ", frozen layers cached" if top else "")
+            timing = state.setdefault("phase_timing", {}).setdefault(str(number), {"epochs": 0, "seconds": 0.0})
+            timing.update(epochs=timing["epochs"] + ran, seconds=round(timing["seconds"] + seconds, 2),
+                          frozen_cached=top is not None)
         epochs_done = int(state["epochs_done"])
     best_path = run.checkpoints / "best.keras"
     if best_path.is_file():
@@ -577,6 +621,7 @@ def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[s
         "best_epoch": state.get("best_epoch"),
         "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": epochs_done,
+        "phase_timing": state.get("phase_timing", {}),
         "resumed": resume,
         "distribution": distribution.describe(),
         "data_report": dataset.report,

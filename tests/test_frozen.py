@@ -140,3 +140,22 @@ def test_augmentation_turns_the_cache_off(phantom_dir, tmp_path, caplog) -> None
         train(cfg, tmp_path / "run")
     assert "frozen layers are run every epoch: augmentation (tumour)" in caplog.text
     assert "computed once" not in caplog.text
+
+
+def test_callbacks_see_the_whole_model_and_can_stop_a_cached_phase(phantom_dir, tmp_path) -> None:
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append((epoch, self.model.get_layer("backbone").name))
+            self.model.stop_training = True
+
+    cfg = tiny_config(phantom_dir, train__phase1={"epochs": 4, "learning_rate": 0.003, "unfreeze_blocks": 0},
+                      train__phase2={"epochs": 3, "learning_rate": 0.001, "unfreeze_blocks": 1})
+    stopper = StopAfterFirstEpoch()
+    result = train(cfg, tmp_path / "run", callbacks=[stopper])
+    # One epoch per phase: each stop ended only the phase that was running.
+    assert stopper.seen == [(0, "backbone"), (1, "backbone")]
+    assert [row[0] for row in _losses(result.run_dir)] == [1, 2]

@@ -94,11 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("give a preset name or a YAML config (see `medlens presets`), or --resume RUN")
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_run_dir(cfg.name)
-    if cfg.task == "segmentation":
-        encoder = "" if cfg.model.encoder == "none" else f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"
-        print(f"training {cfg.name}: {cfg.model.architecture}{encoder} → {out}")
-    else:
-        print(f"training {cfg.name}: {cfg.model.backbone} ({cfg.model.weights}) → {out}")
+    from medlens.pipelines.tasks import task_named
+
+    print(f"training {cfg.name}: {task_named(cfg.task).describe_model(cfg)} → {out}")
     result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity())
     _print_train_result(result)
     return 0
@@ -115,24 +113,15 @@ def _print_train_result(result: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.pipelines.rundir import RunDir
+    from medlens.pipelines.tasks import task_of_run
 
     run = RunDir(args.run).require()
     _quiet_backend()
-    if run.read_state().get("task") == "segmentation":
-        from medlens.pipelines.segtrain import evaluate_segmentation, write_seg_model_card
-
-        result = evaluate_segmentation(args.run, split=args.split)
-        write_seg_model_card(args.run)
-        _print_metrics({"n": result["n"], **result["pooled"]}, f"{args.split} (pooled over pixels)")
-        _print_metrics(result["mean"], f"{args.split} (mean per image)")
-        print(f"metrics: {run.metrics_path}; per image: {run.root / f'per_image_{args.split}.csv'}")
-        return 0
-    from medlens.pipelines.run_eval import evaluate_run, write_model_card
-
-    metrics = evaluate_run(args.run, split=args.split)
-    write_model_card(args.run)
-    _print_metrics(metrics, args.split)
-    print(f"metrics: {Path(args.run) / 'metrics.json'}; plots: {Path(args.run) / 'plots'}")
+    for heading, metrics in task_of_run(run.read_state(), run.root).evaluate(args.run, args.split):
+        _print_metrics(metrics, heading)
+    per_image = run.root / f"per_image_{args.split}.csv"
+    print(f"metrics: {run.metrics_path}; " + (f"per image: {per_image}" if per_image.is_file()
+                                              else f"plots: {run.root / 'plots'}"))
     return 0
 
 
@@ -342,15 +331,13 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from medlens.pipelines.config import list_presets, load_config
+    from medlens.pipelines.tasks import task_named
 
     for name in list_presets():
         cfg = load_config(name)
-        if cfg.task == "segmentation":
-            model = cfg.model.architecture + ("" if cfg.model.encoder == "none" else f"+{cfg.model.encoder}")
-            print(f"{name:22s} {model:12s} segmentation  {cfg.data.root}")
-        else:
-            source = cfg.data.npz or cfg.data.root
-            print(f"{name:22s} {cfg.model.backbone:12s} {len(cfg.data.class_names)} classes  {source}")
+        task = task_named(cfg.task)
+        source = getattr(cfg.data, "npz", "") or cfg.data.root
+        print(f"{name:22s} {task.describe_model(cfg):40s} {task.describe_target(cfg):13s} {source}")
     return 0
 
 

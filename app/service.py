@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.rundir import RunDir
+from medlens.pipelines.tasks import task_of_run
 
 __all__ = ["create_app", "ServiceSettings"]
 
@@ -69,19 +70,18 @@ class _Engine:
     def __init__(self, run_dir: Path, settings: ServiceSettings):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
-        self.task = self.state.get("task", "classification")
+        self.spec = task_of_run(self.state, self.run.root)
+        self.task = self.spec.name
         self.settings = settings
         self.lock = threading.Lock()
         self.workdir = Path(tempfile.mkdtemp(prefix="medlens-serve-"))
         self.explainers: dict[tuple[str, ...], Any] = {}
-        if self.task == "segmentation":
-            from medlens.pipelines.segtrain import SegModel
+        self.model = self.spec.load(self.run.root)
 
-            self.model = SegModel(self.run.root)
-        else:
-            from medlens.pipelines.predict import Predictor
-
-            self.model = Predictor(self.run.root)
+    def require(self, endpoint: str) -> None:
+        """409 unless this run's task is served at ``endpoint``."""
+        if self.spec.endpoint != endpoint:
+            raise _error(409, f"this service runs a {self.task} model: POST {self.spec.endpoint}")
 
     def explainer(self, methods: tuple[str, ...]) -> Any:
         from medlens.pipelines.explain import Explainer, ExplainOptions
@@ -93,6 +93,10 @@ class _Engine:
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# The explain query of each endpoint, as the upload page sends it (checkbox on, off).
+_EXPLAIN_QUERY = {"/predict": ("default", "none"), "/segment": ("true", "false")}
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -180,8 +184,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
     async def predict(file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
                       explain: str = Query("default", description="gradcam, gradcam++, lime (comma-separated), or none")
                       ) -> dict[str, Any]:
-        if engine.task != "classification":
-            raise _error(409, "this service runs a segmentation model: POST /segment")
+        engine.require("/predict")
         methods = _methods(explain, settings)
         folder, target = await _receive(file, engine)
         name = Path(file.filename or "upload").name
@@ -213,8 +216,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
     @app.post("/segment")
     async def segment(file: UploadFile = File(...),  # noqa: B008
                       explain: bool = Query(False, description="add a Seg-Grad-CAM overlay")) -> dict[str, Any]:
-        if engine.task != "segmentation":
-            raise _error(409, "this service runs a classifier: POST /predict")
+        engine.require("/segment")
         folder, target = await _receive(file, engine)
         name = Path(file.filename or "upload").name
         try:
@@ -243,7 +245,10 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return _PAGE.replace("{{TASK}}", engine.task).replace("{{RUN}}", engine.run.root.name)
+        explain_on, explain_off = _EXPLAIN_QUERY[engine.spec.endpoint]
+        return (_PAGE.replace("{{TASK}}", engine.task).replace("{{RUN}}", engine.run.root.name)
+                .replace("{{ENDPOINT}}", engine.spec.endpoint).replace("{{EXPLAIN_ON}}", explain_on)
+                .replace("{{EXPLAIN_OFF}}", explain_off))
 
     return app
 
@@ -291,12 +296,12 @@ _PAGE = """<!doctype html>
 <p id="error"></p><div id="result"></div>
 <script>
 "use strict";
-const task = "{{TASK}}";
+
 async function send(file) {
   document.body.dataset.state = "busy";
   const data = new FormData(); data.append("file", file);
   const explain = document.getElementById("explain").checked;
-  const url = task === "segmentation" ? `/segment?explain=${explain}` : `/predict?explain=${explain ? "default" : "none"}`;
+  const url = `{{ENDPOINT}}?explain=${explain ? "{{EXPLAIN_ON}}" : "{{EXPLAIN_OFF}}"}`;
   const out = document.getElementById("result"), error = document.getElementById("error");
   out.innerHTML = ""; error.textContent = "";
   const response = await fetch(url, {method: "POST", body: data});

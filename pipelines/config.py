@@ -422,7 +422,6 @@ _SEG_CHOICES = {
 }
 
 _CHOICES = {
-    "task": ("classification",),
     "train.distribution": ("none", "mirrored", "multi_worker"),
     "train.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "data.kind": ("folder", "csv", "npz"),
@@ -527,13 +526,19 @@ def load_config(
         tree = _deep_merge(_read_preset(str(tree.pop("preset"))), tree)
     for override in overrides or []:
         _apply_override(tree, override)
-    if tree.get("task") == "segmentation":
-        seg_cfg = _build(SegRunConfig, _expand(tree))
-        _validate_seg(seg_cfg)
-        return seg_cfg
-    cfg = _build(RunConfig, _expand(tree))
-    _validate(cfg)
+    from medlens.pipelines.tasks import DEFAULT_TASK, task_named
+
+    return task_named(tree.get("task", DEFAULT_TASK)).build_config(tree)
+
+
+def build_and_validate(cls: type, tree: dict[str, Any]) -> Any:
+    """``cls`` (a task's config dataclass) from a config tree, ``${VAR}`` expanded and validated."""
+    cfg = _build(cls, _expand(tree))
+    _VALIDATORS[cls](cfg)
     return cfg
+
+
+_VALIDATORS = {RunConfig: _validate, SegRunConfig: _validate_seg}
 
 
 def config_to_dict(cfg: RunConfig | SegRunConfig) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from medlens.pipelines.rundir import (
     prepare_output_dir,
 )
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
+from medlens.pipelines.tasks import task_of_run
 
 __all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
 
@@ -100,8 +101,9 @@ class Predictor:
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
-        if self.state.get("task") == "segmentation":
-            raise RunDirError(f"{self.run.root}: a segmentation run; use `medlens segment` to apply it")
+        task = task_of_run(self.state, self.run.root)
+        if task.batch_command != "predict":
+            raise RunDirError(task.wrong_command(self.run.root, "predict"))
         self.model = model if model is not None else load_run_model(self.run.root)
         self.class_names: list[str] = list(self.state["class_names"])
         self.image_size = tuple(self.state["image_size"])

@@ -46,6 +46,7 @@ from medlens.pipelines.segdata import (
     to_model_channels,
 )
 from medlens.pipelines.segment import seg_metrics, sliding_window_predict, whole_image_predict
+from medlens.pipelines.tasks import task_of_run
 
 __all__ = ["SegModel", "train_segmentation", "evaluate_segmentation", "choose_seg_threshold"]
 
@@ -71,9 +72,9 @@ class SegModel:
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
-        if self.state.get("task") != "segmentation":
-            raise RunDirError(f"{self.run.root}: a {self.state.get('task', 'classification')} run, not a "
-                              "segmentation run")
+        task = task_of_run(self.state, self.run.root)
+        if task.batch_command != "segment":
+            raise RunDirError(task.wrong_command(self.run.root, "segment"))
         self.model = model if model is not None else keras.saving.load_model(self.run.model_path, compile=False)
         self.channels = int(self.state["channels"])
         self.num_classes = int(self.state["num_classes"])

@@ -39,8 +39,9 @@ from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.frozen import FeatureSequence, cached_features, split_frozen
 from medlens.pipelines.run_eval import evaluate_run, write_model_card
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
+from medlens.pipelines.tasks import task_named
 
-__all__ = ["train", "TrainResult", "set_determinism"]
+__all__ = ["train", "train_classifier", "TrainResult", "set_determinism"]
 
 log = logging.getLogger(__name__)
 
@@ -463,8 +464,8 @@ def train(
         if distribution.kind != "none":
             log.info("training on %d replicas (%s)", distribution.replicas, distribution.kind)
         try:
-            result = _train_task(cfg, run, resume_state, resume=resume, verbose=verbose, callbacks=callbacks,
-                                 started=started, distribution=distribution)
+            result = task_named(cfg.task).train(cfg, run, resume_state, verbose=verbose, callbacks=callbacks,
+                                                started=started, distribution=distribution)
         except Exception as exc:
             failure = cluster_failure(exc, run_dir) if distribution.kind == "multi_worker" else None
             if failure is None:
@@ -547,15 +548,11 @@ def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], ba
     return hook
 
 
-def _train_task(cfg: RunConfig | SegRunConfig, run: RunDir, resume_state: dict[str, Any] | None, *,
-                    resume: bool, verbose: int, callbacks: list[keras.callbacks.Callback] | None, started: float,
-                    distribution: Distribution) -> TrainResult:
-    if cfg.task == "segmentation":
-        from medlens.pipelines.segtrain import train_segmentation
-
-        return train_segmentation(cfg, run, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
-                                  started=started, distribution=distribution)
-
+def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] | None, *, verbose: int,
+                     callbacks: list[keras.callbacks.Callback] | None, started: float,
+                     distribution: Distribution) -> TrainResult:
+    """The classification task's training (see :func:`train`, which prepares ``run`` and ``distribution``)."""
+    resume = resume_state is not None
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     class_names = list(dataset.class_names)
     num_classes = len(class_names)

@@ -1,0 +1,46 @@
+"""The task seam: every registered task answers the whole interface; lookups fail with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from medlens.pipelines.config import list_presets, load_config
+from medlens.pipelines.errors import ConfigError, RunDirError
+from medlens.pipelines.tasks import TASKS, Task, task_named, task_of_run
+
+
+def test_every_task_implements_the_interface() -> None:
+    assert set(TASKS) == {"classification", "segmentation"}
+    interface = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
+    for name, task in TASKS.items():
+        assert task.name == name and task.batch_command and task.endpoint.startswith("/")
+        for method in interface:
+            assert getattr(type(task), method) is not getattr(Task, method) or method == "wrong_command", (name, method)
+    assert len({task.endpoint for task in TASKS.values()}) == len(TASKS)
+    assert len({task.batch_command for task in TASKS.values()}) == len(TASKS)
+
+
+def test_every_preset_builds_through_its_task() -> None:
+    seen = set()
+    for preset in list_presets():
+        cfg = load_config(preset)
+        task = task_named(cfg.task)
+        assert isinstance(cfg, type(task.build_config({"task": task.name})))
+        assert task.describe_model(cfg) and task.describe_target(cfg)
+        seen.add(task.name)
+    assert seen == set(TASKS)  # a preset ships for every task
+
+
+def test_unknown_tasks_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="config key 'task' is 'regression'; choose one of classification"):
+        load_config({"task": "regression"})
+    with pytest.raises(RunDirError, match="unknown task 'volumes'") as caught:
+        task_of_run({"task": "volumes"}, "runs/x")
+    assert "runs/x" in str(caught.value) and "\n" not in str(caught.value)
+    # run.json files written before tasks were recorded belong to classifiers.
+    assert task_of_run({}).name == "classification"
+
+
+def test_a_run_applied_with_the_other_tasks_command_says_which_to_use() -> None:
+    message = TASKS["segmentation"].wrong_command("runs/vessels", "predict")
+    assert message == "runs/vessels: a segmentation run; use `medlens segment` to apply it, not `predict`"

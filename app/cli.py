@@ -24,6 +24,10 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("medlens")
 
 
+# Commands that never start a deep-learning backend (they stay fast).
+_NO_BACKEND = frozenset({"presets", "merge", "report"})
+
+
 def _quiet_backend() -> None:
     """Import Keras with TensorFlow's C++ start-up chatter kept off the user's terminal.
 
@@ -41,7 +45,14 @@ def _quiet_backend() -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                # Device discovery (CUDA probing: "failed call to cuInit …") prints on first use, which
+                # for the explanation gradients comes later, outside this redirect: do it now, inside.
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -472,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command not in _NO_BACKEND and not args.debug:
+            _quiet_backend()  # first, before any command's own imports reach Keras (--debug shows it all)
         return int(args.func(args) or 0)
     except MedlensError as exc:
         if args.debug:

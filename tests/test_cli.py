@@ -164,3 +164,19 @@ def test_presets_lists_every_shipped_preset(capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == list_presets()
     assert {"fundus-vessels", "brain-tumour-seg", "xray-pneumonia"} <= set(listed)
+
+
+@pytest.mark.slow
+def test_no_backend_start_up_lines_reach_the_user(tiny_run, phantom_dir, tmp_path):
+    # TensorFlow's C++ notices (absl, oneDNN, CUDA probing) go to file descriptor 2 from native code;
+    # only a real process shows whether they reach the terminal. --explain imports the gradient code
+    # first, which is where they used to leak.
+    images = sorted((phantom_dir / "lesion").iterdir())[:2]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "medlens.app.cli", "predict", str(tiny_run), *map(str, images),
+                           "--out", str(tmp_path / "out"), "--explain", "gradcam"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 prediction(s)" in done.stdout
+    for marker in ("absl", "cuInit", "oneDNN", "cuda", "I0000", "E0000"):
+        assert marker not in done.stderr, done.stderr

@@ -289,12 +289,12 @@ class SegRunConfig:
 
 def list_presets() -> list[str]:
     """Names of the presets shipped inside the package."""
-    folder = resources.files("medlens.app") / "presets"
+    folder = resources.files("medlens.pipelines") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _read_preset(name: str) -> dict[str, Any]:
-    folder = resources.files("medlens.app") / "presets"
+    folder = resources.files("medlens.pipelines") / "presets"
     entry = folder / f"{name}.yaml"
     if not entry.is_file():
         raise ConfigError(

@@ -122,7 +122,7 @@ def _run_summary(run_dir: str | None) -> dict[str, Any]:
                    created=state.get("created"), temperature=state.get("temperature"),
                    threshold=state.get("threshold"))
     if run.metrics_path.is_file():
-        test = json.loads(run.metrics_path.read_text()).get("test", {})
+        test = run.read_metrics().get("test", {})
         pooled = test.get("pooled", test)
         summary["test"] = {k: pooled.get(k) for k in ("n", "accuracy", "auc", "sensitivity", "specificity",
                                                       "dice", "ece") if pooled.get(k) is not None}

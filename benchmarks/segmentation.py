@@ -51,6 +51,7 @@ def _say(text: str) -> None:
 def train_one(name: str, overrides: list[str], runs: Path, data: Path, preset: str = "fundus-vessels",
               reuse: bool = False) -> dict[str, Any]:
     from medlens.pipelines.config import load_config
+    from medlens.pipelines.rundir import RunDir
     from medlens.pipelines.train import train
 
     os.environ["MEDLENS_DATA"] = str(data)
@@ -59,14 +60,14 @@ def train_one(name: str, overrides: list[str], runs: Path, data: Path, preset: s
     finished = (run / "metrics.json").is_file() and (run / "run.json").is_file()
     if not (reuse and finished):
         train(cfg, run, overwrite=True, verbose=2)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = RunDir(run).read_metrics()  # any schema: threshold is {value, method, chosen_on}
     state = json.loads((run / "run.json").read_text())
     return {
         "overrides": overrides,
         "reused": bool(reuse and finished),
         "epochs": state["epochs_run"],
         "train_seconds": state["train_seconds"],
-        "threshold": metrics["threshold"],
+        "threshold": metrics["threshold"]["value"],
         "test_pooled": metrics["test"]["pooled"],
         "test_mean": metrics["test"]["mean"],
         "second_observer": metrics["test"].get("second_observer"),

@@ -34,7 +34,7 @@ from medlens.pipelines.evaluate import (
     plot_roc,
     to_probabilities,
 )
-from medlens.pipelines.rundir import RunDir, atomic_write_json, atomic_write_text
+from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
 
 __all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
 
@@ -115,17 +115,12 @@ def evaluate_run(
     metrics = _with_calibration(classification_metrics(labels, probs, class_names, threshold=threshold),
                                 raw, probs, labels)
 
-    all_metrics: dict[str, Any] = {}
-    if run.metrics_path.is_file():
-        try:
-            all_metrics = json.loads(run.metrics_path.read_text())
-        except ValueError:
-            log.warning("%s was unreadable and is rewritten", run.metrics_path)
+    all_metrics = run.read_metrics()
     all_metrics[split] = metrics
     all_metrics["val"] = val_metrics
-    all_metrics["threshold"] = {"value": threshold, "method": cfg.evaluate.threshold, "chosen_on": "val"}
+    all_metrics["threshold"] = threshold_record(threshold, cfg.evaluate.threshold)
     all_metrics["calibration"] = {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val"}
-    atomic_write_json(run.metrics_path, all_metrics)
+    run.write_metrics(all_metrics)
 
     run.plots.mkdir(exist_ok=True)
     plot_reliability(raw, probs, labels, run.plots / f"reliability_{split}.png", title=f"Reliability ({split})")
@@ -159,7 +154,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     run = RunDir(run_dir)
     cfg = run.read_config()
     state = run.read_state()
-    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.is_file() else {}
+    metrics = run.read_metrics()
     test = metrics.get("test", {})
     counts = state.get("data_report", {}).get("class_counts", {})
     lines = [

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,13 @@ import yaml
 
 from medlens.pipelines.errors import RunDirError
 
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # of run.json and metrics.json; readers accept every earlier one
+
 __all__ = [
+    "SCHEMA_VERSION",
+    "threshold_record",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -168,10 +175,47 @@ class RunDir:
         return yaml.safe_load(self.config_path.read_text()) or {}
 
     def write_state(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.state_path, state)
+        atomic_write_json(self.state_path, {"schema": SCHEMA_VERSION, **state})
 
     def read_state(self) -> dict[str, Any]:
         try:
             return json.loads(self.state_path.read_text())
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{self.state_path}: unreadable ({exc})") from None
+
+    def read_metrics(self) -> dict[str, Any]:
+        """``metrics.json`` in the current shape (``{}`` when absent); older shapes are upgraded.
+
+        Schema 1 (medlens 0.1) wrote a segmentation run's threshold as a bare number; every
+        schema-2 file has ``threshold: {value, method, chosen_on}`` whatever the task.
+        """
+        if not self.metrics_path.is_file():
+            return {}
+        try:
+            metrics = json.loads(self.metrics_path.read_text())
+        except ValueError:
+            log.warning("%s was unreadable and is rewritten", self.metrics_path)
+            return {}
+        if metrics.get("schema", 1) < 2:
+            threshold = metrics.get("threshold")
+            if threshold is None or isinstance(threshold, (int, float)):
+                method = self.read_state().get("threshold_method", "") if self.state_path.is_file() else ""
+                metrics["threshold"] = threshold_record(threshold, method)
+            metrics["schema"] = SCHEMA_VERSION
+        return metrics
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json`` with the current ``schema`` number first."""
+        atomic_write_json(self.metrics_path, {"schema": SCHEMA_VERSION,
+                                              **{k: v for k, v in metrics.items() if k != "schema"}})
+
+
+def threshold_record(value: float | None, method: str) -> dict[str, Any]:
+    """``{value, method, chosen_on}`` from a threshold and how it was chosen.
+
+    ``method`` is a task's own wording ("youden", "best_dice on validation", "fixed"):
+    a fixed threshold comes from the config, every other one from the validation split.
+    """
+    name = (method or "unknown").replace(" on validation", "")
+    chosen_on = "config" if name in ("fixed", "0.5") else "val"
+    return {"value": value, "method": name, "chosen_on": chosen_on}

@@ -37,7 +37,7 @@ from medlens.models.seggan import SegGAN, build_discriminator
 from medlens.models.unet import build_unet, freeze_encoder, unfreeze_encoder
 from medlens.pipelines.config import SegRunConfig
 from medlens.pipelines.errors import ConfigError, RunDirError
-from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text
+from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
 from medlens.pipelines.segdata import (
     SegmentationSequence,
     SegSample,
@@ -225,14 +225,10 @@ def evaluate_segmentation(
         human = seg_metrics(np.concatenate(human_probs)[None, :], np.concatenate(human_truth)[None, :], None, 0.5)
         result["second_observer"] = _rounded({k: human[k] for k in ("dice", "sensitivity", "specificity", "accuracy")})
     atomic_write_csv(run.root / f"per_image_{split}.csv", ["path", *_ROW_KEYS], rows)
-    all_metrics = {}
-    if run.metrics_path.is_file():
-        import json
-
-        all_metrics = json.loads(run.metrics_path.read_text())
+    all_metrics = run.read_metrics()
     all_metrics[split] = result
-    all_metrics["threshold"] = threshold
-    atomic_write_json(run.metrics_path, all_metrics)
+    all_metrics["threshold"] = threshold_record(threshold, run.read_state().get("threshold_method", "fixed"))
+    run.write_metrics(all_metrics)
     return result
 
 
@@ -416,11 +412,10 @@ def train_segmentation(
 
 def write_seg_model_card(run_dir: str | Path) -> Path:
     """A short ``model_card.md``: what was trained on what, how it scored, its limits."""
-    import json
 
     run = RunDir(run_dir)
     state = run.read_state()
-    metrics = json.loads(run.metrics_path.read_text()) if run.metrics_path.is_file() else {}
+    metrics = run.read_metrics()
     config = run.read_config()
     lines = [
         f"# Model card: {config.get('name', run.root.name)}",

@@ -54,3 +54,24 @@ def test_require_names_the_missing_piece(tmp_path):
     run.write_config({"name": "x"})
     with pytest.raises(RunDirError, match="model.keras is missing"):
         run.require()
+
+
+def test_metrics_and_state_carry_the_schema_and_one_threshold_shape(tmp_path):
+    from medlens.pipelines.rundir import SCHEMA_VERSION, RunDir, threshold_record
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.write_state({"task": "segmentation", "threshold_method": "best_dice on validation"})
+    assert json.loads(run.state_path.read_text())["schema"] == SCHEMA_VERSION
+    assert run.read_metrics() == {}
+    # A schema-1 segmentation file: the threshold was a bare number.
+    run.metrics_path.write_text(json.dumps({"test": {"n": 3}, "threshold": 0.42}))
+    assert run.read_metrics() == {"test": {"n": 3}, "schema": SCHEMA_VERSION,
+                                  "threshold": {"value": 0.42, "method": "best_dice", "chosen_on": "val"}}
+    run.write_metrics({"test": {"n": 4}, "threshold": threshold_record(0.5, "fixed")})
+    written = json.loads(run.metrics_path.read_text())
+    assert list(written)[0] == "schema" and written["threshold"] == {"value": 0.5, "method": "fixed",
+                                                                      "chosen_on": "config"}
+    assert threshold_record(0.3, "youden")["chosen_on"] == "val"
+    run.metrics_path.write_text("{not json")
+    assert run.read_metrics() == {}  # unreadable: logged and rewritten by the next evaluation

@@ -9,6 +9,7 @@ raising :class:`ConfigError` with the offending key on any problem.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +19,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from medlens.pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DataConfig",
@@ -44,6 +47,10 @@ def data_root() -> Path:
     return Path(os.environ.get("MEDLENS_DATA") or DEFAULT_DATA_ROOT).expanduser().resolve()
 
 
+# Default manifest column of each role of a classification manifest (data.columns overrides).
+MANIFEST_COLUMNS = {"image": "path", "label": "label", "patient_id": "patient_id", "split": "split"}
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are split and fed.
@@ -56,10 +63,9 @@ class DataConfig:
     root: str = ""
     manifest: str = ""
     npz: str = ""
-    path_column: str = "path"
-    label_column: str = "label"
-    patient_column: str = "patient_id"
-    split_column: str = "split"
+    # Manifest column per role (image, label, patient_id, split); a missing role uses the
+    # default name in MANIFEST_COLUMNS. The same key as segmentation's data.columns.
+    columns: dict[str, str] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
     val_fraction: float = 0.15
@@ -70,6 +76,11 @@ class DataConfig:
     balanced_sampling: bool = False
     batch_size: int = 32
     cache: bool = True
+
+    def column(self, role: str) -> str:
+        """The manifest column holding ``role`` (``image``, ``label``, ``patient_id``, ``split``)."""
+        # An empty name switches an optional role off (e.g. no patient grouping).
+        return self.columns[role] if role in self.columns else MANIFEST_COLUMNS[role]
 
 
 @dataclass
@@ -150,12 +161,13 @@ class SegDataConfig:
     """Where paired segmentation data comes from and how it is sampled.
 
     Attributes:
-        kind: ``drive``, ``folders`` or ``csv`` (see the module docstring).
+        kind: ``drive``, ``folder`` or ``csv`` (see the module docstring; ``folders``, the old
+            spelling, still works with a notice).
         root: Dataset folder; other paths are relative to it.
-        image_dir: ``folders``: image sub-folder (``root/image_dir`` or ``root/<split>/image_dir``).
-        mask_dir: ``folders``: mask sub-folder; may equal ``image_dir`` when masks sit beside the
+        image_dir: ``folder``: image sub-folder (``root/image_dir`` or ``root/<split>/image_dir``).
+        mask_dir: ``folder``: mask sub-folder; may equal ``image_dir`` when masks sit beside the
             images with a suffix (``case_1.tif`` / ``case_1_mask.tif``).
-        fov_dir: ``folders``: optional FOV sub-folder (``""`` for none).
+        fov_dir: ``folder``: optional FOV sub-folder (``""`` for none).
         manifest: ``csv``: manifest file (relative to ``root``); ``drive``: optional.
         columns: ``csv``: column names per role, e.g. ``{"patient_id": "patient"}``; roles are
             ``image``, ``mask``, ``fov``, ``patient_id``, ``split``, ``mask2``. Missing roles fall
@@ -174,7 +186,7 @@ class SegDataConfig:
         channels: 1 or 3 model input channels (3 for pretrained encoders).
     """
 
-    kind: str = "folders"
+    kind: str = "folder"
     root: str = ""
     image_dir: str = "images"
     mask_dir: str = "masks"
@@ -409,7 +421,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "", default: Any = N
 
 
 _SEG_CHOICES = {
-    "data.kind": ("drive", "folders", "csv"),
+    "data.kind": ("drive", "folder", "csv"),
     "data.mode": ("patch", "whole"),
     "data.augment": ("none", "xray", "tumour", "fundus"),
     "model.architecture": ("unet", "gan"),
@@ -526,9 +538,35 @@ def load_config(
         tree = _deep_merge(_read_preset(str(tree.pop("preset"))), tree)
     for override in overrides or []:
         _apply_override(tree, override)
+    _migrate_spellings(tree)
     from medlens.pipelines.tasks import DEFAULT_TASK, task_named
 
     return task_named(tree.get("task", DEFAULT_TASK)).build_config(tree)
+
+
+# Old spellings that keep working, each with a one-line notice naming the key that replaces it.
+_RENAMED_DATA_KEYS = {"path_column": "image", "label_column": "label", "patient_column": "patient_id",
+                      "split_column": "split"}
+_RENAMED_VALUES = {("data", "kind", "folders"): "folder"}
+
+
+def _migrate_spellings(tree: dict[str, Any]) -> None:
+    """Rewrite deprecated keys and values of a config tree in place, with a notice for each."""
+    data = tree.get("data")
+    if not isinstance(data, dict):
+        return
+    for old, role in _RENAMED_DATA_KEYS.items():
+        if old in data:
+            value = data.pop(old)
+            columns = data.setdefault("columns", {}) or {}
+            data["columns"] = columns
+            columns.setdefault(role, value)
+            log.warning("config key 'data.%s' is deprecated; use 'data.columns.%s' (set to %r)", old, role, value)
+    for (section, key, old), new in _RENAMED_VALUES.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and node.get(key) == old:
+            node[key] = new
+            log.warning("config value %s.%s: %s is deprecated; use %s", section, key, old, new)
 
 
 def build_and_validate(cls: type, tree: dict[str, Any]) -> Any:

@@ -396,7 +396,7 @@ def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{manifest}: cannot read manifest ({exc})".replace("\n", " ")) from None
-    for column in (cfg.path_column, cfg.label_column):
+    for column in (cfg.column('image'), cfg.column('label')):
         if column not in columns:
             raise DatasetError(
                 f"{manifest}: no column {column!r}; columns are: {', '.join(columns) or '(none)'}"
@@ -404,16 +404,16 @@ def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
     if not rows:
         raise DatasetError(f"{manifest}: manifest has no rows")
 
-    raw_labels = [(row.get(cfg.label_column) or "").strip() for row in rows]
+    raw_labels = [(row.get(cfg.column('label')) or "").strip() for row in rows]
     empty = [i + 2 for i, value in enumerate(raw_labels) if not value]
     if empty:
-        raise DatasetError(f"{manifest}: empty {cfg.label_column!r} on line(s) {', '.join(map(str, empty[:5]))}")
+        raise DatasetError(f"{manifest}: empty {cfg.column('label')!r} on line(s) {', '.join(map(str, empty[:5]))}")
     labels, class_names = _parse_labels(raw_labels, rows, cfg, manifest)
 
     paths: list[Path] = []
     missing: list[str] = []
     for row in rows:
-        value = (row.get(cfg.path_column) or "").strip()
+        value = (row.get(cfg.column('image')) or "").strip()
         path = Path(value).expanduser()
         if not path.is_absolute():
             path = root / path
@@ -427,17 +427,17 @@ def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
         )
 
     groups = None
-    if cfg.patient_column and cfg.patient_column in columns:
+    if cfg.column('patient_id') and cfg.column('patient_id') in columns:
         groups = [
-            (row.get(cfg.patient_column) or "").strip() or f"__row{i}" for i, row in enumerate(rows)
+            (row.get(cfg.column('patient_id')) or "").strip() or f"__row{i}" for i, row in enumerate(rows)
         ]
     splits = None
-    if cfg.split_column and cfg.split_column in columns:
+    if cfg.column('split') and cfg.column('split') in columns:
         splits = []
         for i, row in enumerate(rows):
-            value = (row.get(cfg.split_column) or "").strip()
+            value = (row.get(cfg.column('split')) or "").strip()
             if not value:
-                raise DatasetError(f"{manifest}: empty {cfg.split_column!r} on line {i + 2}")
+                raise DatasetError(f"{manifest}: empty {cfg.column('split')!r} on line {i + 2}")
             splits.append(_normalise_split(value, f"{manifest} line {i + 2}"))
     return _Table(paths, labels, groups, splits), class_names
 
@@ -451,7 +451,7 @@ def _parse_labels(
         numbers = None
     if numbers is not None:
         if min(numbers) < 0:
-            raise DatasetError(f"{manifest}: negative label {min(numbers)} in {cfg.label_column!r}")
+            raise DatasetError(f"{manifest}: negative label {min(numbers)} in {cfg.column('label')!r}")
         count = max(numbers) + 1
         if cfg.class_names:
             if count > len(cfg.class_names):
@@ -460,7 +460,7 @@ def _parse_labels(
                 )
             return numbers, list(cfg.class_names)
         # A "class_name" column that maps labels one-to-one names the classes.
-        if "class_name" in rows[0] and cfg.label_column != "class_name":
+        if "class_name" in rows[0] and cfg.column('label') != "class_name":
             mapping: dict[int, set[str]] = {}
             for number, row in zip(numbers, rows, strict=True):
                 mapping.setdefault(number, set()).add((row.get("class_name") or "").strip())

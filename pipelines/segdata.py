@@ -7,7 +7,7 @@ into a :class:`SegDataset`: one list of :class:`SegSample` per split (``train``,
 - ``drive``: the DRIVE benchmark layout, ``root/{training,test}/{images,1st_manual,mask}``
   (``root/manifest.csv`` is used when present; ``test/2nd_manual`` becomes the second
   observer's mask of each test sample);
-- ``folders``: ``root/image_dir`` + ``root/mask_dir`` [+ ``root/fov_dir``], files paired by
+- ``folder``: ``root/image_dir`` + ``root/mask_dir`` [+ ``root/fov_dir``], files paired by
   stem (:func:`pair_folders`); ``root/<split>/image_dir`` … when the data carries its splits;
 - ``csv``: a manifest with ``image``, ``mask`` [, ``fov``] [, ``patient_id``] [, ``split``]
   columns (paths relative to the manifest's folder).
@@ -74,7 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SEG_LAYOUTS: tuple[str, ...] = ("drive", "folders", "csv")
+SEG_LAYOUTS: tuple[str, ...] = ("drive", "folder", "csv")
 
 #: Name endings stripped from file stems before images, masks and FOVs are paired.
 DEFAULT_MASK_SUFFIXES: tuple[str, ...] = (
@@ -558,6 +558,8 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         {'train': 46, 'val': 23, 'test': 20}
     """
     cfg = _as_config(spec)
+    if cfg.kind == "folders":  # the old spelling (load_config rewrites it with a notice)
+        cfg = dataclasses.replace(cfg, kind="folder")
     if cfg.kind not in SEG_LAYOUTS:
         raise ConfigError(f"segmentation data kind {cfg.kind!r} is unknown; choose one of {', '.join(SEG_LAYOUTS)}")
     if not cfg.root:
@@ -568,7 +570,7 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         raise DatasetError(f"{root}: dataset folder not found{hint}")
     if cfg.kind == "drive":
         samples = _load_drive(cfg, root)
-    elif cfg.kind == "folders":
+    elif cfg.kind == "folder":
         samples = _load_folders(cfg, root)
     else:
         if not cfg.manifest:

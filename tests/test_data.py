@@ -169,9 +169,7 @@ def _csv_cfg(root: Path, **extra: object) -> DataConfig:
         kind="csv",
         root=str(root),
         manifest="labels.csv",
-        path_column="file",
-        label_column="diagnosis",
-        patient_column="patient",
+        columns={"image": "file", "label": "diagnosis", "patient_id": "patient"},
         val_fraction=0.2,
         test_fraction=0.2,
         **extra,
@@ -214,7 +212,7 @@ def test_csv_class_names_map_string_labels(tmp_path: Path) -> None:
 def test_csv_missing_label_column(tmp_path: Path) -> None:
     _patient_manifest(tmp_path, patients=4)
     cfg = _csv_cfg(tmp_path)
-    cfg.label_column = "label"
+    cfg.columns["label"] = "label"
     with pytest.raises(DatasetError) as info:
         load_dataset(cfg, seed=0)
     message = str(info.value)
@@ -455,3 +453,36 @@ def test_sequence_file_source_with_cache(tmp_path: Path) -> None:
     x2, _ = seq[0]
     np.testing.assert_allclose(x1, x2, atol=0.2)
     assert x1.shape == (5, 10, 10, 3) and y1.tolist() == [0, 1, 0, 1, 1]
+
+
+def test_old_column_keys_still_work_with_a_notice_naming_the_new_key(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from medlens.pipelines.config import load_config
+
+    _patient_manifest(tmp_path, patients=6)
+    tree = {"data": {"kind": "csv", "root": str(tmp_path), "manifest": "labels.csv", "path_column": "file",
+                     "label_column": "diagnosis", "patient_column": "patient", "val_fraction": 0.2,
+                     "test_fraction": 0.2}}
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.config"):
+        old = load_config(tree)
+    notices = [r.getMessage() for r in caplog.records]
+    assert "config key 'data.path_column' is deprecated; use 'data.columns.image' (set to 'file')" in notices
+    assert any("'data.patient_column' is deprecated; use 'data.columns.patient_id'" in n for n in notices)
+    assert len(notices) == 3 and all("\n" not in n for n in notices)
+    new = load_config({"data": {**{k: v for k, v in tree["data"].items() if not k.endswith("_column")},
+                                "columns": {"image": "file", "label": "diagnosis", "patient_id": "patient"}}})
+    assert old.data == new.data  # one meaning, two spellings
+    first, second = load_dataset(old.data, seed=0), load_dataset(new.data, seed=0)
+    assert {k: list(v.ids) for k, v in first.splits.items()} == {k: list(v.ids) for k, v in second.splits.items()}
+
+
+def test_folders_is_the_old_spelling_of_folder(caplog) -> None:
+    import logging
+
+    from medlens.pipelines.config import load_config
+
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.config"):
+        cfg = load_config({"task": "segmentation", "data": {"kind": "folders", "root": "x"}})
+    assert cfg.data.kind == "folder"
+    assert [r.getMessage() for r in caplog.records] == ["config value data.kind: folders is deprecated; use folder"]

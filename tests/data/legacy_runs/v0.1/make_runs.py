@@ -1,10 +1,15 @@
-import os, shutil, sys
+"""Made tests/data/legacy_runs/v0.1: run with medlens at commit db80bf5 as make_runs.py OUT DATA."""
+import os
+import shutil
+import sys
 from pathlib import Path
+
 os.environ["MEDLENS_OFFLINE"] = "1"
-from medlens.pipelines.phantoms import write_phantoms
 from medlens.pipelines.config import load_config
+from medlens.pipelines.phantoms import write_phantoms
 from medlens.pipelines.train import train
-out = Path(sys.argv[1]); data = Path(sys.argv[2])
+
+out, data = Path(sys.argv[1]), Path(sys.argv[2])
 write_phantoms(data, count=60, size=32, seed=11)
 cls = load_config({"name": "legacy-classifier", "seed": 3,
     "data": {"kind": "csv", "root": str(data), "manifest": "manifest.csv", "class_names": ["no_lesion", "lesion"],

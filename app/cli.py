@@ -69,8 +69,19 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", disable=None, file=sys.stderr)
 
 
-def _fit_verbosity() -> int:
+def _fit_verbosity(args: argparse.Namespace) -> int:
+    """Keras's own epoch lines only with --verbose; otherwise :func:`_training_callbacks` reports."""
+    if not args.verbose:
+        return 0
     return 1 if sys.stdout.isatty() else 2
+
+
+def _training_callbacks(args: argparse.Namespace) -> list[Any]:
+    if args.verbose:
+        return []
+    from medlens.app.progress import TrainingProgress
+
+    return [TrainingProgress(lambda line: print(line, flush=True))]
 
 
 def _default_run_dir(name: str) -> Path:
@@ -98,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.overrides:
             raise ConfigError("--resume RUN continues a run with its own config.yaml; give no CONFIG or overrides")
         print(f"resuming {args.resume}")
-        result = train(None, args.resume, resume=True, verbose=_fit_verbosity())
+        result = train(None, args.resume, resume=True, verbose=_fit_verbosity(args),
+                       callbacks=_training_callbacks(args))
         _print_train_result(result)
         return 0
     if not args.config:
@@ -108,7 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medlens.pipelines.tasks import task_named
 
     print(f"training {cfg.name}: {task_named(cfg.task).describe_model(cfg)} → {out}")
-    result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity())
+    result = train(cfg, out, overwrite=args.overwrite, verbose=_fit_verbosity(args),
+                   callbacks=_training_callbacks(args))
     _print_train_result(result)
     return 0
 
@@ -356,7 +369,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_backend()
     from medlens.app.demo import run_demo
 
-    run_demo(Path(args.out), overwrite=args.overwrite, count=args.count, echo=print, fit_verbose=_fit_verbosity())
+    run_demo(Path(args.out), overwrite=args.overwrite, count=args.count, echo=print, fit_verbose=_fit_verbosity(args),
+             progress=lambda: _training_callbacks(args))
     return 0
 
 

@@ -99,8 +99,11 @@ def run_demo(
     count: int = 320,
     echo: Callable[[str], Any] = lambda _: None,
     fit_verbose: int = 0,
+    progress: Callable[[], list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the demo end to end and return where everything went.
+
+    ``progress`` makes fresh Keras callbacks for each of the two trainings (the CLI's progress bars).
 
     Raises:
         RunDirError: ``out`` exists and is not empty, and ``overwrite`` is False.
@@ -117,7 +120,8 @@ def run_demo(
     unseen_manifest = write_phantoms(phantoms / "unseen", count=24, size=DEMO_IMAGE_SIZE, seed=2)
 
     echo("2/5 training a small CNN from scratch: phase 1 (whole network), phase 2 (top blocks, lower LR)")
-    result = train(demo_config(phantoms), out / "run", overwrite=overwrite, verbose=fit_verbose)
+    result = train(demo_config(phantoms), out / "run", overwrite=overwrite, verbose=fit_verbose,
+                   callbacks=progress() if progress else None)
     test = result.metrics
     echo(
         f"3/5 test split: n {test['n']}, accuracy {test['accuracy']:.3f}, AUC {test['auc']:.3f}, "
@@ -139,7 +143,8 @@ def run_demo(
              f"Grad-CAM and LIME overlays → {predicted.out_dir / 'explanations'}")
 
     echo("5/5 training a tiny U-Net on the lesion masks, then segmenting the unseen phantoms")
-    seg = train(demo_seg_config(phantoms), out / "seg-run", overwrite=overwrite, verbose=fit_verbose)
+    seg = train(demo_seg_config(phantoms), out / "seg-run", overwrite=overwrite, verbose=fit_verbose,
+                callbacks=progress() if progress else None)
     segmented = segment_paths(seg.run_dir, unseen, out / "segmentations", overwrite=overwrite, explain=True)
     dice = _unseen_dice(segmented, phantoms / "unseen")
     echo(f"    test split Dice {seg.metrics['dice']:.3f}; {len(segmented.rows)} unseen phantoms segmented, "

@@ -23,7 +23,7 @@ Results: ``<out>/transfer.json`` and ``<out>/transfer.md`` (mean ± sd over seed
 
 Usage (from the repository root)::
 
-    python benchmarks/transfer.py                          # breast + brain, 3 seeds (~40 min, 2 cores)
+    python benchmarks/transfer.py                          # breast + brain, 3 seeds (~80 min, 2 cores)
     python benchmarks/transfer.py --datasets kermany634 --seeds 0
     python benchmarks/transfer.py --quick                  # smoke test: 1 seed, 2 epochs a phase
 """
@@ -63,9 +63,10 @@ DATASETS: dict[str, dict[str, Any]] = {
 COMMON = ["data.augment=none", "train.monitor=val_auc", "evaluate.threshold=youden"]
 PRETRAINED = [
     "model.backbone=vgg16",
-    # Phase 2 is the costly one on a CPU (block5 trains: ~12 s an epoch at 64 px on 2 cores).
-    "train.phase1.epochs=15", "train.phase1.learning_rate=0.001", "train.phase1.unfreeze_blocks=0",
-    "train.phase2.epochs=12", "train.phase2.learning_rate=0.0001", "train.phase2.unfreeze_blocks=1",
+    # Chosen before any test result. A shorter 15 + 12 epochs (to save CPU time) scored seed 0 at
+    # test AUC 0.835 against 0.901 for this recipe; both are in the benchmark's notes.
+    "train.phase1.epochs=20", "train.phase1.learning_rate=0.001", "train.phase1.unfreeze_blocks=0",
+    "train.phase2.epochs=20", "train.phase2.learning_rate=0.0001", "train.phase2.unfreeze_blocks=1",
     "train.early_stopping_patience=8", "train.reduce_lr_patience=3",
 ]
 SCRATCH = ["model.weights=none", "train.phase1.epochs=200", "train.phase1.learning_rate=0.001",

@@ -180,3 +180,17 @@ def test_no_backend_start_up_lines_reach_the_user(tiny_run, phantom_dir, tmp_pat
     assert "2 prediction(s)" in done.stdout
     for marker in ("absl", "cuInit", "oneDNN", "cuda", "I0000", "E0000"):
         assert marker not in done.stderr, done.stderr
+
+
+def test_train_shows_one_summary_line_per_epoch_and_keras_lines_only_when_verbose(tmp_path, phantom_dir, capsys):
+    config = _tiny_yaml(tmp_path, phantom_dir)
+    assert main(["train", str(config), "--out", str(tmp_path / "quiet"), "train.phase1.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("phase ")]
+    assert [line.split("  ")[:2] for line in lines] == [["phase 1", "epoch 1/2"], ["phase 1", "epoch 2/2"],
+                                                        ["phase 2", "epoch 3/3"]]
+    assert all("loss " in line and "val_auc " in line and line.endswith(" s") for line in lines)
+    assert "Epoch 1/" not in out and "step - " not in out
+    assert main(["--verbose", "train", str(config), "--out", str(tmp_path / "loud")]) == 0
+    loud = capsys.readouterr().out
+    assert "step - " in loud and not any(line.startswith("phase 1  epoch") for line in loud.splitlines())

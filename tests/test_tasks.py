@@ -15,7 +15,7 @@ def test_every_task_implements_the_interface() -> None:
     for name, task in TASKS.items():
         assert task.name == name and task.batch_command and task.endpoint.startswith("/")
         for method in interface:
-            assert getattr(type(task), method) is not getattr(Task, method) or method == "wrong_command", (name, method)
+            assert getattr(type(task), method) is not getattr(Task, method) or method in ("wrong_command", "build_config"), (name, method)
     assert len({task.endpoint for task in TASKS.values()}) == len(TASKS)
     assert len({task.batch_command for task in TASKS.values()}) == len(TASKS)
 

@@ -17,16 +17,20 @@ class Task:
         name: the value of ``task:`` in a config and in ``run.json``.
         batch_command: the CLI command that applies a run of this task to files.
         endpoint: the service route that applies it to one upload.
+        config_class: the name of its config dataclass in :mod:`medlens.pipelines.config`.
     """
 
     name: str = ""
     batch_command: str = ""
     endpoint: str = ""
+    config_class: str = ""  # the config dataclass in medlens.pipelines.config
 
     # configuration ------------------------------------------------------------------------
     def build_config(self, tree: dict[str, Any]) -> Any:
-        """A validated config dataclass from an expanded config tree."""
-        raise NotImplementedError
+        """The task's validated config dataclass from a config tree."""
+        from medlens.pipelines import config
+
+        return config.build_and_validate(getattr(config, self.config_class), tree)
 
     def describe_model(self, cfg: Any) -> str:
         """A short description of the model a config trains (CLI ``train`` and ``presets``)."""

@@ -11,12 +11,8 @@ from medlens.pipelines.tasks.base import Task
 class ClassificationTask(Task):
     name = "classification"
     batch_command = "predict"
+    config_class = "RunConfig"
     endpoint = "/predict"
-
-    def build_config(self, tree: dict[str, Any]) -> Any:
-        from medlens.pipelines.config import RunConfig, build_and_validate
-
-        return build_and_validate(RunConfig, tree)
 
     def describe_model(self, cfg: Any) -> str:
         return f"{cfg.model.backbone} ({cfg.model.weights})"

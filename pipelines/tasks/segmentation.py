@@ -11,12 +11,8 @@ from medlens.pipelines.tasks.base import Task
 class SegmentationTask(Task):
     name = "segmentation"
     batch_command = "segment"
+    config_class = "SegRunConfig"
     endpoint = "/segment"
-
-    def build_config(self, tree: dict[str, Any]) -> Any:
-        from medlens.pipelines.config import SegRunConfig, build_and_validate
-
-        return build_and_validate(SegRunConfig, tree)
 
     def describe_model(self, cfg: Any) -> str:
         encoder = "" if cfg.model.encoder == "none" else f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"

@@ -15,7 +15,7 @@ Non-DICOM inputs get a new study (their own Study Instance UID) and no patient i
 medlens never invents one.
 
 Example:
-    >>> export_overlays(result, ["gradcam"])   # doctest: +SKIP
+    export_overlays(result, ["gradcam"])
 """
 
 from __future__ import annotations

@@ -671,9 +671,8 @@ def import_weights(file: str | os.PathLike[str], arch: str, *, overwrite: bool =
             different file already in the cache and ``overwrite`` is false.
 
     Example:
-        >>> import_weights("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "vgg16")
-        ... # doctest: +SKIP
-        PosixPath('/home/me/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
+        import_weights("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "vgg16")
+        # PosixPath('/home/me/.keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5')
     """
     spec = _spec(arch)
     destination = weights_cache_path(arch)

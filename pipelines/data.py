@@ -7,10 +7,11 @@ duplicate files are dropped by content hash before splitting, splits given in th
 kept, and missing ones are made by :func:`make_splits` (stratified, grouped by patient,
 seeded). :class:`ClassificationSequence` feeds a source to ``model.fit``/``predict``.
 
-Example:
-    >>> from medlens.pipelines.config import DataConfig
-    >>> dataset = load_dataset(DataConfig(kind="folder", root="brain_mri_yes_no"), seed=0)
-    >>> train = ClassificationSequence(dataset.splits["train"], (224, 224), 32, None, 2, shuffle=True)
+Example (needs the data)::
+
+    from medlens.pipelines.config import DataConfig
+    dataset = load_dataset(DataConfig(kind="folder", root="brain_mri_yes_no"), seed=0)
+    train = ClassificationSequence(dataset.splits["train"], (224, 224), 32, None, 2, shuffle=True)
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ Grad-CAM's gradient step also yields the model output, so a batch explained with
 Grad-CAM costs about one forward-and-backward pass, not a forward pass plus that.
 
 Example:
-    >>> from medlens.pipelines.predict import Predictor     # doctest: +SKIP
-    >>> explainer = Explainer(Predictor("runs/demo"), ExplainOptions(methods=("gradcam", "lime")),
-    ...                       out_dir="out")                # doctest: +SKIP
+    from medlens.pipelines.predict import Predictor
+    explainer = Explainer(Predictor("runs/demo"), ExplainOptions(methods=("gradcam", "lime")),
+                          out_dir="out")
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ class Predictor:
     """A loaded run, ready to predict batches of images.
 
     Example:
-        >>> predictor = Predictor("runs/demo")  # doctest: +SKIP
-        >>> probabilities = predictor.predict_pixels([record.pixels])  # doctest: +SKIP
+        predictor = Predictor("runs/demo")
+        probabilities = predictor.predict_pixels([record.pixels])
     """
 
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):

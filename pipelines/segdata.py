@@ -24,11 +24,11 @@ Masks: with ``num_classes == 1`` (one sigmoid unit) any nonzero value is foregro
 the mask holds class indices ``0..C-1`` and ``y`` is one-hot.
 
 Example:
-    >>> dataset = load_seg_dataset({"kind": "drive", "root": "drive"}, seed=0)  # doctest: +SKIP
-    >>> train = SegmentationSequence(dataset.splits["train"], patch_size=64, batch_size=16)  # doctest: +SKIP
-    >>> x, y, w = train[0]  # doctest: +SKIP
-    >>> x.shape, y.shape, w.shape  # doctest: +SKIP
-    ((16, 64, 64, 3), (16, 64, 64, 1), (16, 64, 64))
+    dataset = load_seg_dataset({"kind": "drive", "root": "drive"}, seed=0)
+    train = SegmentationSequence(dataset.splits["train"], patch_size=64, batch_size=16)
+    x, y, w = train[0]
+    x.shape, y.shape, w.shape
+    # ((16, 64, 64, 3), (16, 64, 64, 1), (16, 64, 64))
 """
 
 from __future__ import annotations
@@ -246,10 +246,10 @@ def pair_folders(
             name is ambiguous; the one-line message names the first few files.
 
     Example:
-        >>> samples = pair_folders("drive/training/images", "drive/training/1st_manual",
-        ...                        "drive/training/mask")  # doctest: +SKIP
-        >>> samples[0].mask_path.name  # doctest: +SKIP
-        '21_manual1.gif'
+        samples = pair_folders("drive/training/images", "drive/training/1st_manual",
+                               "drive/training/mask")
+        samples[0].mask_path.name
+        # '21_manual1.gif'
     """
     pattern = _suffix_pattern(mask_suffixes)
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
@@ -552,10 +552,10 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         ImageReadError: A mask or FOV whose size differs from its image's (both files named).
 
     Example:
-        >>> data = load_seg_dataset({"kind": "csv", "root": "lgg_mri_segmentation",
-        ...                          "manifest": "manifest.csv"}, seed=0)  # doctest: +SKIP
-        >>> {k: len(v) for k, v in data.splits.items()}  # doctest: +SKIP
-        {'train': 46, 'val': 23, 'test': 20}
+        data = load_seg_dataset({"kind": "csv", "root": "lgg_mri_segmentation",
+                                 "manifest": "manifest.csv"}, seed=0)
+        {k: len(v) for k, v in data.splits.items()}
+        # {'train': 46, 'val': 23, 'test': 20}
     """
     cfg = _as_config(spec)
     if cfg.kind == "folders":  # the old spelling (load_config rewrites it with a notice)
@@ -701,8 +701,8 @@ class SegmentationSequence(keras.utils.PyDataset):
         ValueError: Bad arguments.
 
     Example:
-        >>> seq = SegmentationSequence(samples, patch_size=48, batch_size=4)  # doctest: +SKIP
-        >>> x, y, w = seq[0]  # doctest: +SKIP
+        seq = SegmentationSequence(samples, patch_size=48, batch_size=4)
+        x, y, w = seq[0]
     """
 
     def __init__(

@@ -15,8 +15,8 @@ convention) and per image. With ``evaluate.threshold: best_dice`` the threshold 
 that maximises Dice on the validation split.
 
 Example:
-    >>> from medlens.pipelines.config import load_config          # doctest: +SKIP
-    >>> train(load_config("fundus-vessels"), "runs/vessels")       # doctest: +SKIP
+    from medlens.pipelines.config import load_config
+    train(load_config("fundus-vessels"), "runs/vessels")
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ epoch across both phases (by ``train.monitor``) is kept, the decision
 threshold is chosen on validation, and the test split is evaluated.
 
 Example:
-    >>> from medlens.pipelines.config import load_config
-    >>> from medlens.pipelines.train import train
-    >>> cfg = load_config("breast-ultrasound", ["model.weights=none", "train.phase1.epochs=1"])
-    >>> result = train(cfg, "runs/breast")  # doctest: +SKIP
+    from medlens.pipelines.config import load_config
+    from medlens.pipelines.train import train
+    cfg = load_config("breast-ultrasound", ["model.weights=none", "train.phase1.epochs=1"])
+    result = train(cfg, "runs/breast")
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.calibration import apply_temperature
 from medlens.pipelines.data import prepare_image
-from medlens.pipelines.errors import ImageReadError, MedlensError, RunDirError
+from medlens.pipelines.errors import ImageReadError, MedlensError
 from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
@@ -36,7 +36,7 @@ from medlens.pipelines.rundir import (
     prepare_output_dir,
 )
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
-from medlens.pipelines.tasks import task_of_run
+from medlens.pipelines.tasks import require_command
 
 __all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
 
@@ -101,9 +101,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
-        task = task_of_run(self.state, self.run.root)
-        if task.batch_command != "predict":
-            raise RunDirError(task.wrong_command(self.run.root, "predict"))
+        require_command(self.state, self.run.root, "predict")
         self.model = model if model is not None else load_run_model(self.run.root)
         self.class_names: list[str] = list(self.state["class_names"])
         self.image_size = tuple(self.state["image_size"])

@@ -36,7 +36,7 @@ from medlens.models.metrics import segmentation_metrics
 from medlens.models.seggan import SegGAN, build_discriminator
 from medlens.models.unet import build_unet, freeze_encoder, unfreeze_encoder
 from medlens.pipelines.config import SegRunConfig
-from medlens.pipelines.errors import ConfigError, RunDirError
+from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
 from medlens.pipelines.segdata import (
     SegmentationSequence,
@@ -46,7 +46,7 @@ from medlens.pipelines.segdata import (
     to_model_channels,
 )
 from medlens.pipelines.segment import seg_metrics, sliding_window_predict, whole_image_predict
-from medlens.pipelines.tasks import task_of_run
+from medlens.pipelines.tasks import require_command
 
 __all__ = ["SegModel", "train_segmentation", "evaluate_segmentation", "choose_seg_threshold"]
 
@@ -72,9 +72,7 @@ class SegModel:
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         self.run = RunDir(run_dir).require()
         self.state = self.run.read_state()
-        task = task_of_run(self.state, self.run.root)
-        if task.batch_command != "segment":
-            raise RunDirError(task.wrong_command(self.run.root, "segment"))
+        require_command(self.state, self.run.root, "segment")
         self.model = model if model is not None else keras.saving.load_model(self.run.model_path, compile=False)
         self.channels = int(self.state["channels"])
         self.num_classes = int(self.state["num_classes"])

@@ -18,7 +18,7 @@ from medlens.pipelines.tasks.base import Task
 from medlens.pipelines.tasks.classification import ClassificationTask
 from medlens.pipelines.tasks.segmentation import SegmentationTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "Task", "task_named", "task_of_run"]
+__all__ = ["TASKS", "DEFAULT_TASK", "Task", "require_command", "task_named", "task_of_run"]
 
 DEFAULT_TASK = "classification"
 
@@ -39,3 +39,11 @@ def task_of_run(state: Mapping[str, Any], where: Any = "run") -> Task:
     if name not in TASKS:
         raise RunDirError(f"{where}: run.json names an unknown task {name!r} (this medlens knows {', '.join(TASKS)})")
     return TASKS[name]
+
+
+def require_command(state: Mapping[str, Any], where: Any, command: str) -> Task:
+    """The run's task, if ``medlens COMMAND`` applies it; else a one-line error naming the right command."""
+    task = task_of_run(state, where)
+    if task.batch_command != command:
+        raise RunDirError(task.wrong_command(where, command))
+    return task

@@ -25,6 +25,24 @@ def _without_files(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k not in FILE_COLUMNS and k != "seconds"} for r in rows]
 
 
+# Probabilities are written with 6 decimals. A shard runs its images in other batches than the whole
+# run, and float32 results depend on the batch (oneDNN picks kernels by shape): values ~1e-7 apart can
+# round to neighbouring 6th decimals. So probability columns agree to one unit in the last written
+# place; every other column (labels, peaks, areas, hashes) must be identical.
+PROBABILITY_TOLERANCE = 1e-6 + 1e-9
+
+
+def _assert_same_rows(got: list[dict[str, str]], expected: list[dict[str, str]]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith("p_") and a[key] and b[key]:
+                assert abs(float(a[key]) - float(b[key])) <= PROBABILITY_TOLERANCE, (key, a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)
+
+
 def test_partition_is_deterministic_complete_and_disjoint(tmp_path):
     files = [tmp_path / f"{name}.png" for name in "qwertyuiopasdfg"]
     parts = [select_shard(list(reversed(files)), (i, 4)) for i in range(1, 5)]
@@ -63,7 +81,7 @@ def test_three_shard_processes_merge_to_the_unsharded_run(command, tiny_run, tin
     printed = capsys.readouterr().out
     assert "merged 3 of 3 shard(s)" in printed
     merged, expected = _table(sharded / table), _table(whole / table)
-    assert _without_files(merged) == _without_files(expected)
+    _assert_same_rows(_without_files(merged), _without_files(expected))
     for row in merged:
         for column in FILE_COLUMNS:
             if row.get(column):

@@ -89,7 +89,10 @@ def _default_run_dir(name: str) -> Path:
 
 
 def _print_metrics(metrics: dict, header: str) -> None:
-    keys = ("n", "dice", "iou", "accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "ece", "threshold")
+    keys = ("n", "dice", "iou", "accuracy", "auc", "macro_auc", "micro_auc", "mean_average_precision", "sensitivity",
+            "specificity", "precision", "f1", "ece", "threshold")
+    # Then a multi-label evaluation's per-finding AUCs ("auc Effusion", ...), in its order.
+    keys += tuple(k for k in metrics if k.startswith("auc "))
     parts = []
     for key in keys:
         value = metrics.get(key)
@@ -197,6 +200,7 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
         faithfulness=args.faithfulness,
         faithfulness_steps=args.steps,
         masks=load_masks(args.masks) if args.masks else {},
+        findings=args.findings,
     )
 
 
@@ -204,13 +208,13 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     if getattr(args, "dicom", False) and explain is None:
         raise ConfigError("--dicom exports explanation overlays: add --explain METHODS")
     _quiet_backend()
-    from medlens.pipelines.predict import Predictor, expand_inputs, predict_paths
+    from medlens.pipelines.predict import expand_inputs, load_predictor, predict_paths
     from medlens.pipelines.shards import parse_shard, select_shard
 
     shard = parse_shard(args.shard)
     if shard is not None and not args.out:
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
-    predictor = Predictor(args.run)
+    predictor = load_predictor(args.run)
     out = Path(args.out) if args.out else Path(args.run) / default_folder / time.strftime("%Y%m%d-%H%M%S")
     files, _ = select_shard(expand_inputs(args.inputs)[0], shard)
     with _progress_bar(len(files), desc) as bar:
@@ -276,6 +280,8 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each map by deletion and insertion AUC (RISE)")
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
+    g.add_argument("--findings", default="positive", metavar="positive|all|NAME,...",
+                   help="multi-label runs: explain each image's positive findings (default), all, or these")
     _add_shard_argument(p)
     _add_report_arguments(p)
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import keras
 
+from medlens.models import multilabel as _multilabel  # noqa: F401  (registers the multi-label loss for loading)
 from medlens.models.backbones import backbone_blocks, build_backbone
 from medlens.pipelines.errors import ConfigError
 
@@ -58,13 +59,15 @@ def build_classifier(
     dense_units: int = 128,
     name: str | None = None,
     head_norm: str = "batchnorm",
+    multilabel: bool = False,
 ) -> keras.Model:
     """Build ``image → backbone → pooling → head → probabilities``.
 
     Head: global ``pooling``, ``BatchNormalization`` of the pooled features
     (``head_norm``), ``Dropout(dropout)``, ``Dense(dense_units, relu)`` and a second
     ``Dropout`` (both skipped when ``dense_units`` is 0), then ``Dense(1, sigmoid)``
-    for two classes or ``Dense(num_classes, softmax)``.
+    for two classes or ``Dense(num_classes, softmax)``; with ``multilabel``,
+    ``Dense(num_classes, sigmoid)``: one independent probability per finding.
 
     Why the normalisation: pooled features of a real pretrained backbone are
     heavy-tailed and far from unit scale (VGG16 block5, avg-pooled: mean 3.5, sd 10.7,
@@ -85,6 +88,8 @@ def build_classifier(
         name: Model name (default ``"{backbone}_classifier"``).
         head_norm: ``"batchnorm"`` (layer ``head_norm``, trained with the head) or
             ``"none"``.
+        multilabel: ``num_classes`` findings, each present or not (see
+            :mod:`medlens.models.multilabel` for the loss).
 
     Returns:
         An uncompiled Functional model with input ``"image"``, the nested backbone
@@ -124,7 +129,9 @@ def build_classifier(
         x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout2")(x)
-    if num_classes == 2:
+    if multilabel:
+        outputs = keras.layers.Dense(num_classes, activation="sigmoid", name="probabilities")(x)
+    elif num_classes == 2:
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)

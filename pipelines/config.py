@@ -29,6 +29,8 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "RunConfig",
+    "FindingsDataConfig",
+    "MultiLabelRunConfig",
     "SegDataConfig",
     "SegModelConfig",
     "SegEvalConfig",
@@ -48,7 +50,10 @@ def data_root() -> Path:
 
 
 # Default manifest column of each role of a classification manifest (data.columns overrides).
-MANIFEST_COLUMNS = {"image": "path", "label": "label", "patient_id": "patient_id", "split": "split"}
+# ``findings`` (multi-label only): one column listing a row's findings separated by ``|``
+# (NIH ChestX-ray14's ``Finding Labels``); off by default: one 0/1 column per finding.
+MANIFEST_COLUMNS = {"image": "path", "label": "label", "patient_id": "patient_id", "split": "split",
+                    "findings": ""}
 
 
 @dataclass
@@ -154,6 +159,34 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class FindingsDataConfig(DataConfig):
+    """A multi-label data section: which findings, and what missing or uncertain labels mean.
+
+    ``findings``: the finding names, each a 0/1 column of the manifest, or, with
+    ``columns.findings`` naming a ``|``-separated column, the tokens of that column
+    (default: every token found except ``no_finding``). Blank values are missing
+    and left out of the loss and metrics; ``-1`` (uncertain, as CheXpert writes it)
+    follows ``uncertain``: ``ignore`` (missing), ``ones`` or ``zeros``.
+    ``positive_weights`` weighs each finding's positives by ``n_negative / n_positive``
+    of the training split.
+    """
+
+    kind: str = "csv"
+    findings: list[str] = field(default_factory=list)
+    uncertain: str = "ignore"
+    no_finding: str = "No Finding"
+    positive_weights: bool = True
+
+
+@dataclass
+class MultiLabelRunConfig(RunConfig):
+    """A multi-label run: a classifier with one sigmoid per finding."""
+
+    task: str = "multilabel"
+    data: FindingsDataConfig = field(default_factory=FindingsDataConfig)
 
 
 @dataclass
@@ -504,6 +537,20 @@ def _validate(cfg: RunConfig) -> None:
     _check_train(cfg.train)
 
 
+def _validate_multilabel(cfg: MultiLabelRunConfig) -> None:
+    _validate(cfg)
+    data = cfg.data
+    if data.kind not in ("csv", "npz"):
+        raise ConfigError(f"config key 'data.kind' is {data.kind!r}; a multi-label run reads a csv manifest or an npz")
+    if data.uncertain not in ("ignore", "ones", "zeros"):
+        raise ConfigError(f"config key 'data.uncertain' is {data.uncertain!r}; choose one of ignore, ones, zeros")
+    if data.class_weights or data.balanced_sampling:
+        raise ConfigError("data.class_weights and data.balanced_sampling are for single-label runs; "
+                          "a multi-label run balances each finding with data.positive_weights")
+    if len(set(data.findings)) != len(data.findings):
+        raise ConfigError(f"config key 'data.findings' names a finding twice: {data.findings}")
+
+
 def load_config(
     source: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | None = None,
@@ -576,7 +623,7 @@ def build_and_validate(cls: type, tree: dict[str, Any]) -> Any:
     return cfg
 
 
-_VALIDATORS = {RunConfig: _validate, SegRunConfig: _validate_seg}
+_VALIDATORS = {RunConfig: _validate, SegRunConfig: _validate_seg, MultiLabelRunConfig: _validate_multilabel}
 
 
 def config_to_dict(cfg: RunConfig | SegRunConfig) -> dict[str, Any]:

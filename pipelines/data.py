@@ -77,11 +77,26 @@ _SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}
 # --------------------------------------------------------------------------- sources
 
 
+def label_array(labels: Any) -> np.ndarray:
+    """Labels as stored by a source: ``(N,)`` ``int64`` class indices, or ``(N, F)`` ``float32``
+    finding labels (1 present, 0 absent, NaN missing) for multi-label data."""
+    values = np.asarray(labels)
+    if values.ndim == 2:
+        return values.astype(np.float32)
+    return values.astype(np.int64).reshape(-1)
+
+
+def same_labels(a: Any, b: Any) -> bool:
+    """Whether two samples' labels agree (missing finding labels compare equal)."""
+    return bool(np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), equal_nan=True))
+
+
 class ImageSource(ABC):
     """A list of labelled images that loads one on demand.
 
     Attributes:
-        labels: ``(N,)`` ``int64`` class indices.
+        labels: ``(N,)`` ``int64`` class indices, or ``(N, F)`` finding labels (see
+            :func:`label_array`).
         ids: ``N`` strings naming each image (file path, or ``split/index`` for arrays).
         groups: ``N`` patient ids, or ``None`` when unknown.
     """
@@ -124,7 +139,7 @@ class FileSource(ImageSource):
         class_names: Sequence[str] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
-        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.labels = label_array(labels)
         if len(self.paths) != len(self.labels):
             raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
         self.groups = None if groups is None else [str(g) for g in groups]
@@ -179,7 +194,7 @@ class ArraySource(ImageSource):
         count = len(self.images)
         if labels is None:
             labels = np.full(count, -1)
-        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.labels = label_array(labels)
         if len(self.labels) != count:
             raise ValueError(f"{count} images but {len(self.labels)} labels")
         self.groups = None if groups is None else [str(g) for g in groups]
@@ -247,10 +262,12 @@ def make_splits(
     Groups (patients) are visited in a seeded random order, largest first, and each goes
     whole to the split that still needs its classes most (relative to that split's target
     count per class). No group ends up in two splits; class proportions stay close to the
-    overall ones. Without groups every sample is its own group.
+    overall ones. Without groups every sample is its own group. Multi-label samples
+    (``(N, F)`` labels) are stratified by each finding's positives and by the images
+    with none.
 
     Args:
-        labels: class index per sample.
+        labels: class index per sample, or ``(N, F)`` finding labels (NaN missing).
         groups: patient id per sample, or ``None``.
         val_fraction: share of samples for validation, in ``[0, 1)``.
         test_fraction: share of samples for test, in ``[0, 1)``.
@@ -271,7 +288,7 @@ def make_splits(
         raise ConfigError(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) and sum below 1"
         )
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    labels = label_array(labels)
     count = len(labels)
     if groups is None:
         group_ids = np.arange(count)
@@ -279,12 +296,17 @@ def make_splits(
         if len(groups) != count:
             raise ValueError(f"{count} labels but {len(groups)} groups")
         _, group_ids = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    classes, class_index = np.unique(labels, return_inverse=True)
+    if labels.ndim == 2:
+        present = np.nan_to_num(labels, nan=0.0) >= 0.5
+        per_sample = np.concatenate([present, ~present.any(axis=1, keepdims=True)], axis=1).astype(np.float64)
+    else:
+        classes, class_index = np.unique(labels, return_inverse=True)
+        per_sample = np.eye(len(classes), dtype=np.float64)[class_index]
     num_groups = int(group_ids.max()) + 1 if count else 0
 
     # Per-group class count matrix (groups × classes).
-    per_group = np.zeros((num_groups, len(classes)), dtype=np.float64)
-    np.add.at(per_group, (group_ids, class_index), 1.0)
+    per_group = np.zeros((num_groups, per_sample.shape[1]), dtype=np.float64)
+    np.add.at(per_group, group_ids, per_sample)
 
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     totals = per_group.sum(axis=0)
@@ -497,7 +519,7 @@ def _dedupe(source: ImageSource, splits: list[str] | None) -> tuple[np.ndarray, 
         dropped += 1
         if splits is not None and splits[first] != splits[i]:
             across += 1
-        if source.labels[first] != source.labels[i]:
+        if not same_labels(source.labels[first], source.labels[i]):
             conflicts += 1
             logger.warning("%s duplicates %s but has a different label", source.ids[i], source.ids[first])
     stats = {"dropped": dropped, "across_splits": across, "label_conflicts": conflicts}
@@ -860,6 +882,8 @@ class ClassificationSequence(keras.utils.PyDataset):
         return rng.permutation(count)
 
     def _encode(self, labels: np.ndarray) -> np.ndarray:
+        if np.ndim(labels) == 2:  # finding labels: missing ones become -1, which the loss skips
+            return np.where(np.isnan(labels), np.float32(-1.0), labels).astype(np.float32)
         labels = np.asarray(labels, dtype=np.int64)
         if self.num_classes == 2:
             return labels.astype(np.float32)

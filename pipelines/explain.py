@@ -38,7 +38,6 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.faithfulness import deletion_auc, insertion_auc, resize_map
 from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
@@ -100,6 +99,8 @@ class ExplainOptions:
             ``faithfulness_steps + 1`` forward passes per curve and image).
         faithfulness_steps: Points on each deletion/insertion curve.
         masks: Stem (lower case) → mask file, for the pointing game (see :func:`load_masks`).
+        findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
+            or the comma-separated names given.
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -115,6 +116,7 @@ class ExplainOptions:
     faithfulness: bool = False
     faithfulness_steps: int = 20
     masks: dict[str, Path] = field(default_factory=dict)
+    findings: str = "positive"
 
 
 def load_masks(folder: str | Path) -> dict[str, Path]:
@@ -138,19 +140,32 @@ def load_masks(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def column_names(options: ExplainOptions) -> list[str]:
-    """The ``predictions.csv`` columns an explanation adds, in order."""
-    columns = ["explained_class"]
+def column_names(options: ExplainOptions, target: str | None = None) -> list[str]:
+    """The ``predictions.csv`` columns an explanation adds, in order.
+
+    With ``target`` (a multi-label finding), only that target's method columns, named
+    ``<method>_<target>_<field>``; without, ``explained_class`` and ``<method>_<field>``.
+    """
+    columns = [] if target is not None else ["explained_class"]
     for method in options.methods:
-        slug = METHODS[method]
+        slug = _key(METHODS[method], target)
         columns += [f"{slug}_overlay", f"{slug}_map", f"{slug}_peak_row", f"{slug}_peak_col", f"{slug}_area"]
         if method == "lime":
-            columns.append("lime_fit_r2")
+            columns.append(f"{slug}_fit_r2")
         if options.masks:
             columns.append(f"{slug}_pointing")
         if options.faithfulness:
             columns += [f"{slug}_deletion_auc", f"{slug}_insertion_auc"]
     return columns
+
+
+def _key(slug: str, target: str | None) -> str:
+    """The column prefix of one method's fields for one target (None: the image's one target)."""
+    return slug if target is None else f"{slug}_{target}"
+
+
+def _file_part(target: str | None) -> str:
+    return "" if target is None else "." + (re.sub(r"[^A-Za-z0-9_-]+", "_", target) or "target")
 
 
 def _file_stem(record: ImageRecord) -> str:
@@ -193,12 +208,9 @@ class Explainer:
         self.predictor = predictor
         self.options = options
         self.retarget(out_dir)
-        self.class_index: int | None = None
-        if options.class_name is not None:
-            names = predictor.class_names
-            if options.class_name not in names:
-                raise ConfigError(f"class {options.class_name!r} is not one of this run's classes: {', '.join(names)}")
-            self.class_index = names.index(options.class_name)
+        # The outputs every image is explained for (a named class or findings), else None: per image.
+        self.chosen: list[int] | None = predictor.chosen_targets(options)
+        self.class_index: int | None = self.chosen[0] if self.chosen and len(self.chosen) == 1 else None
         self.cams = {m: _CAMS[m](predictor.model, options.target_layer) for m in options.methods if m in _CAMS}
         self.lime = None
         if "lime" in options.methods:
@@ -220,18 +232,16 @@ class Explainer:
     # ------------------------------------------------------------------ model access
     def predict_rgb(self, batch: np.ndarray) -> np.ndarray:
         """``(B, H, W, 3)`` RGB ``0..255`` at the model size → ``(B, K)`` probabilities."""
-        output = self.predictor.model.predict_on_batch(self.predictor.preprocess(batch))
-        return to_probabilities(np.asarray(output), len(self.predictor.class_names))
-
-    def _target_classes(self, probabilities: np.ndarray) -> np.ndarray:
-        if self.class_index is not None:
-            return np.full(len(probabilities), self.class_index, np.int32)
-        names = self.predictor.class_names
-        return np.array([names.index(self.predictor.label_for(p)) for p in probabilities], np.int32)
+        return self.predictor.scores(self.predictor.model.predict_on_batch(self.predictor.preprocess(batch)))
 
     # ------------------------------------------------------------------ one batch
     def explain(self, records: list[ImageRecord]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Predict and explain one batch.
+
+        Each image is explained for its targets (:meth:`Predictor.explain_targets`: the
+        reported class, a named class, or a multi-label run's findings); all (image, target)
+        pairs of the batch go through each CAM method in one batched call, and LIME shares
+        one set of perturbed samples among an image's targets.
 
         Returns:
             ``(probabilities N×K, fields)``: one dict of ``predictions.csv`` fields
@@ -241,9 +251,10 @@ class Explainer:
         resized = self.predictor.resize([r.pixels for r in records])
         model_batch = self.predictor.preprocess(resized)
         probabilities, cam_results = self._cams(model_batch)
-        targets = self._target_classes(probabilities)
+        targets = self.predictor.explain_targets(probabilities, self.chosen)
+        jobs = [(i, t) for i, image_targets in enumerate(targets) for t in image_targets]
         fields: list[dict[str, Any]] = [
-            {"explained_class": self.predictor.class_names[t], "details": {}} for t in targets
+            {**self.predictor.explained_fields(image_targets), "details": {}} for image_targets in targets
         ]
         stems = [_file_stem(r) for r in records]
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -251,48 +262,70 @@ class Explainer:
             started = time.perf_counter()
             slug = METHODS[method]
             if method in self.cams:
-                result = cam_results.get(method)
-                if result is None:
-                    result = self.cams[method](model_batch, class_index=targets)
-                else:
-                    redo = np.flatnonzero(result.class_index != targets)
-                    if redo.size:
-                        again = self.cams[method](model_batch[redo], class_index=targets[redo])
-                        result.maps[redo], result.empty[redo] = again.maps, again.empty
-                        result.class_index[redo] = targets[redo]
-                maps = list(result.maps)
-                for i, empty in enumerate(result.empty):
-                    fields[i][f"{slug}_empty"] = bool(empty)
+                maps = self._cam_maps(method, model_batch, jobs, cam_results.get(method), fields)
             else:
-                maps = []
-                for i in range(len(records)):
-                    lime = self.lime.explain(resized[i], class_index=int(targets[i]))
-                    maps.append(lime.map)
-                    fields[i]["lime_fit_r2"] = round(lime.score, 4)
-                    fields[i]["details"]["lime"] = {
-                        "weights": [round(float(w), 6) for w in lime.weights],
-                        "top_positive": lime.top_regions(self.options.lime_top_k, positive=True),
-                        "top_negative": lime.top_regions(self.options.lime_top_k, positive=False),
-                        "segments": int(lime.segments.max()) + 1,
-                        "samples": lime.num_samples,
-                    }
-                    fields[i]["_lime_segments"] = lime.segments
-                    fields[i]["_lime_peak"] = lime.peak()
-            for i, record in enumerate(records):
-                fields[i].update(self._write(method, record, stems[i], maps[i], fields[i]))
+                maps = self._lime_maps(resized, targets, fields)
+            for (i, t), saliency in zip(jobs, maps, strict=True):
+                target = self.predictor.target_name(t)
+                fields[i].update(self._write(method, records[i], stems[i] + _file_part(target), saliency,
+                                             fields[i], _key(slug, target), t))
                 if self.options.faithfulness:
-                    saliency = np.clip(maps[i], 0.0, None)
-                    fields[i][f"{slug}_deletion_auc"] = round(
-                        deletion_auc(self.predict_rgb, resized[i], saliency, int(targets[i]),
+                    positive = np.clip(saliency, 0.0, None)
+                    key = _key(slug, target)
+                    fields[i][f"{key}_deletion_auc"] = round(
+                        deletion_auc(self.predict_rgb, resized[i], positive, int(t),
                                      steps=self.options.faithfulness_steps), 4)
-                    fields[i][f"{slug}_insertion_auc"] = round(
-                        insertion_auc(self.predict_rgb, resized[i], saliency, int(targets[i]),
+                    fields[i][f"{key}_insertion_auc"] = round(
+                        insertion_auc(self.predict_rgb, resized[i], positive, int(t),
                                       steps=self.options.faithfulness_steps), 4)
             self.seconds[method] += time.perf_counter() - started
         for item in fields:
-            item.pop("_lime_segments", None)
-            item.pop("_lime_peak", None)
+            for name in [k for k in item if k.startswith("_lime")]:
+                item.pop(name)
         return probabilities, fields
+
+    def _cam_maps(self, method: str, model_batch: np.ndarray, jobs: list[tuple[int, int]], first: Any,
+                  fields: list[dict[str, Any]]) -> list[np.ndarray]:
+        """One CAM per (image, target) job; maps of the first pass are reused where the target matches."""
+        slug = METHODS[method]
+        images = np.array([i for i, _ in jobs], np.int64)
+        wanted = np.array([t for _, t in jobs], np.int32)
+        maps: list[Any] = [None] * len(jobs)
+        empty = np.zeros(len(jobs), bool)
+        if first is not None:
+            for j, (i, t) in enumerate(jobs):
+                if int(first.class_index[i]) == t:
+                    maps[j], empty[j] = first.maps[i], first.empty[i]
+        redo = [j for j, m in enumerate(maps) if m is None]
+        if redo:
+            again = self.cams[method](model_batch[images[redo]], class_index=wanted[redo])
+            for k, j in enumerate(redo):
+                maps[j], empty[j] = again.maps[k], again.empty[k]
+        for j, (i, t) in enumerate(jobs):
+            fields[i][f"{_key(slug, self.predictor.target_name(t))}_empty"] = bool(empty[j])
+        return maps
+
+    def _lime_maps(self, resized: np.ndarray, targets: list[list[int]], fields: list[dict[str, Any]]
+                   ) -> list[np.ndarray]:
+        """LIME maps in job order; one sample set per image, shared by its targets."""
+        maps = []
+        for i, image_targets in enumerate(targets):
+            if not image_targets:
+                continue
+            for t, lime in zip(image_targets, self.lime.explain_many(resized[i], list(image_targets)), strict=True):
+                key = _key("lime", self.predictor.target_name(t))
+                maps.append(lime.map)
+                fields[i][f"{key}_fit_r2"] = round(lime.score, 4)
+                fields[i]["details"][key] = {
+                    "weights": [round(float(w), 6) for w in lime.weights],
+                    "top_positive": lime.top_regions(self.options.lime_top_k, positive=True),
+                    "top_negative": lime.top_regions(self.options.lime_top_k, positive=False),
+                    "segments": int(lime.segments.max()) + 1,
+                    "samples": lime.num_samples,
+                }
+                fields[i]["_lime_segments"] = lime.segments
+                fields[i][f"_lime_peak_{key}"] = lime.peak()
+        return maps
 
     def _cams(self, model_batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Probabilities for the batch, from the first CAM's gradient step when there is one."""
@@ -307,8 +340,8 @@ class Explainer:
         return self.predictor.calibrate(result.probabilities), {method: result}
 
     def _write(self, method: str, record: ImageRecord, stem: str, saliency: np.ndarray,
-               item: dict[str, Any]) -> dict[str, Any]:
-        """Overlay PNG at the original size, the map as .npy, and the map's summary fields."""
+               item: dict[str, Any], key: str, target: int) -> dict[str, Any]:
+        """Overlay PNG at the original size, the map as .npy, and the map's summary fields (named ``key_*``)."""
         slug = METHODS[method]
         height, width = record.pixels.shape[:2]
         full = resize_map(saliency, (height, width))
@@ -316,7 +349,7 @@ class Explainer:
             overlay = signed_overlay(record.pixels, full, alpha=min(1.0, self.options.alpha + 0.2))
             segments = cv2.resize(item["_lime_segments"].astype(np.int32), (width, height),
                                   interpolation=cv2.INTER_NEAREST)
-            details = item["details"]["lime"]
+            details = item["details"][key]
             _outline_regions(overlay, segments, details["top_negative"], _RED)
             _outline_regions(overlay, segments, details["top_positive"], _GREEN)
             positive = np.clip(full, 0.0, None)
@@ -327,25 +360,32 @@ class Explainer:
         map_path = save_npy(self.folder / f"{stem}.{slug}.npy", saliency.astype(np.float32))
         peak_value = float(positive.max())
         row, col = _peak(positive)
-        if method == "lime" and item.get("_lime_peak") is not None:
+        if method == "lime" and item.get(f"_lime_peak_{key}") is not None:
             # Centre of the strongest superpixel, mapped to the original image.
-            model_row, model_col = item["_lime_peak"]
+            model_row, model_col = item[f"_lime_peak_{key}"]
             row = min(height - 1, int((model_row + 0.5) * height / saliency.shape[0]))
             col = min(width - 1, int((model_col + 0.5) * width / saliency.shape[1]))
         fields: dict[str, Any] = {
-            f"{slug}_overlay": overlay_path.relative_to(self.out_dir).as_posix(),
-            f"{slug}_map": map_path.relative_to(self.out_dir).as_posix(),
-            f"{slug}_peak_row": row if peak_value > 0 else "",
-            f"{slug}_peak_col": col if peak_value > 0 else "",
-            f"{slug}_area": round(float(np.mean(positive >= 0.5 * peak_value)), 4) if peak_value > 0 else 0.0,
+            f"{key}_overlay": overlay_path.relative_to(self.out_dir).as_posix(),
+            f"{key}_map": map_path.relative_to(self.out_dir).as_posix(),
+            f"{key}_peak_row": row if peak_value > 0 else "",
+            f"{key}_peak_col": col if peak_value > 0 else "",
+            f"{key}_area": round(float(np.mean(positive >= 0.5 * peak_value)), 4) if peak_value > 0 else 0.0,
         }
         if self.options.masks:
-            fields[f"{slug}_pointing"] = self._pointing(record, positive, row, col, peak_value)
+            fields[f"{key}_pointing"] = self._pointing(record, positive, row, col, peak_value,
+                                                       self.predictor.target_name(target))
         return fields
 
-    def _pointing(self, record: ImageRecord, positive: np.ndarray, row: int, col: int, peak: float) -> Any:
-        """1 when the map's peak lies in the image's lesion mask, 0 when not, blank without a mask."""
-        mask_path = self.options.masks.get(Path(record.path).stem.lower())
+    def _pointing(self, record: ImageRecord, positive: np.ndarray, row: int, col: int, peak: float,
+                  target: str | None = None) -> Any:
+        """1 when the map's peak lies in the image's lesion mask, 0 when not, blank without a mask.
+
+        A multi-label finding's mask is ``<stem>_<finding>`` (e.g. ``case_01_nodule.png``),
+        else the image's one mask."""
+        stem = Path(record.path).stem.lower()
+        mask_path = self.options.masks.get(f"{stem}_{target.lower()}") if target else None
+        mask_path = mask_path or (None if target else self.options.masks.get(stem))
         if mask_path is None or record.frame not in (None, 0):
             return ""
         try:

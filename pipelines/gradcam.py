@@ -100,7 +100,7 @@ class CamResult:
         raw: N×h×w ``float32`` ≥ 0 maps at the target layer's resolution, after
             ReLU and before normalisation (comparable between images of one model).
         class_index: ``(N,)`` the class each image was explained for.
-        probabilities: N×K class probabilities of the model.
+        probabilities: N×K outputs of the model as probabilities (a single sigmoid as ``[1 - p, p]``).
         layer: Name of the target layer.
         empty: ``(N,)`` bool, True where the map is all zero: no positive evidence
             for the class at that layer.
@@ -454,7 +454,10 @@ class GradCAM:
             raw_parts.append(np.maximum(cam, 0.0).astype(np.float32))
             output_parts.append(output)
         raw = np.concatenate(raw_parts)
-        probabilities = to_probabilities(np.concatenate(output_parts))
+        outputs = np.concatenate(output_parts)
+        # One sigmoid unit becomes [1 - p, p]; K outputs (softmax, or one sigmoid per finding) stay as they are.
+        probabilities = (to_probabilities(outputs) if outputs.ndim == 1 or outputs.shape[-1] == 1
+                         else np.asarray(outputs, np.float64))
         if class_index is None:
             indices = probabilities.argmax(axis=1).astype(np.int32)
         maps, empty = _upsample_and_normalise(raw, pixels.shape[1:3])

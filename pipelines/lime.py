@@ -355,6 +355,21 @@ class LimeExplainer:
             ValueError: Bad image, segments or class index, or a ``predict_fn`` output
                 of the wrong shape.
         """
+        return self.explain_many(image, [class_index], segments=segments)[0]
+
+    def explain_many(
+        self,
+        image: np.ndarray,
+        class_indices: list[int | None],
+        *,
+        segments: np.ndarray | None = None,
+    ) -> list[LimeResult]:
+        """Explain several outputs of one image (e.g. each finding of a multi-label model).
+
+        The superpixels, the perturbed samples and their predictions are shared: explaining
+        F outputs costs one set of ``num_samples`` forward passes and F ridge fits, and each
+        result equals what :meth:`explain` gives for that output alone.
+        """
         started = time.perf_counter()
         rgb = as_rgb_image(image)
         if segments is None:
@@ -387,42 +402,44 @@ class LimeExplainer:
         probabilities = np.concatenate(outputs, axis=0)
         predicted = time.perf_counter()
 
-        if class_index is None:
-            class_index = int(np.argmax(probabilities[0]))
-        if not 0 <= class_index < probabilities.shape[1]:
-            raise ValueError(f"class_index {class_index} out of range for {probabilities.shape[1]} classes")
-        target = probabilities[:, class_index]
-
         # Cosine distance to the all-ones original: 1 - sqrt(kept / S) for a binary vector
         # (an all-zero sample counts as distance 1, as in sklearn).
         distances = 1.0 - np.sqrt(samples.sum(axis=1) / count)
         sample_weight = np.sqrt(np.exp(-(distances**2) / self.kernel_width**2))
         design = samples.astype(np.float64)
-        ridge = Ridge(alpha=1.0, fit_intercept=True)
-        ridge.fit(design, target, sample_weight=sample_weight)
-        score = float(ridge.score(design, target, sample_weight=sample_weight))
-        weights = np.asarray(ridge.coef_, dtype=np.float64)
+        results = []
+        for class_index in class_indices:
+            if class_index is None:
+                class_index = int(np.argmax(probabilities[0]))
+            if not 0 <= class_index < probabilities.shape[1]:
+                raise ValueError(f"class_index {class_index} out of range for {probabilities.shape[1]} classes")
+            target = probabilities[:, class_index]
+            ridge = Ridge(alpha=1.0, fit_intercept=True)
+            ridge.fit(design, target, sample_weight=sample_weight)
+            score = float(ridge.score(design, target, sample_weight=sample_weight))
+            weights = np.asarray(ridge.coef_, dtype=np.float64)
 
-        largest = float(np.abs(weights).max())
-        normalised = weights / largest if largest > 0 else np.zeros_like(weights)
-        signed_map = normalised.astype(np.float32)[segments]
+            largest = float(np.abs(weights).max())
+            normalised = weights / largest if largest > 0 else np.zeros_like(weights)
+            signed_map = normalised.astype(np.float32)[segments]
+            results.append(LimeResult(
+                segments=segments,
+                weights=weights,
+                intercept=float(ridge.intercept_),
+                score=score,
+                class_index=int(class_index),
+                map=signed_map,
+                positive_map=np.clip(signed_map, 0.0, 1.0),
+                probabilities=probabilities[0].copy(),
+                num_samples=self.num_samples,
+            ))
         logger.debug(
-            "LIME: %d superpixels, %d samples, segment %.2fs, predict %.2fs, fit %.2fs, R²=%.3f",
+            "LIME: %d superpixels, %d samples, %d output(s), segment %.2fs, predict %.2fs, fit %.2fs",
             count,
             self.num_samples,
+            len(results),
             segmented - started,
             predicted - segmented,
             time.perf_counter() - predicted,
-            score,
         )
-        return LimeResult(
-            segments=segments,
-            weights=weights,
-            intercept=float(ridge.intercept_),
-            score=score,
-            class_index=int(class_index),
-            map=signed_map,
-            positive_map=np.clip(signed_map, 0.0, 1.0),
-            probabilities=probabilities[0].copy(),
-            num_samples=self.num_samples,
-        )
+        return results

@@ -23,8 +23,9 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.calibration import apply_temperature
 from medlens.pipelines.data import prepare_image
-from medlens.pipelines.errors import ImageReadError, MedlensError
+from medlens.pipelines.errors import ConfigError, ImageReadError, MedlensError
 from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.evaluation.multilabel import positive_findings
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.run_eval import load_run_model
@@ -38,7 +39,8 @@ from medlens.pipelines.rundir import (
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 from medlens.pipelines.tasks import require_command
 
-__all__ = ["PredictResult", "Predictor", "expand_inputs", "predict_paths", "read_records"]
+__all__ = ["MultiLabelPredictor", "PredictResult", "Predictor", "expand_inputs", "load_predictor", "parse_findings",
+           "predict_paths", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +128,148 @@ class Predictor:
         """Calibrated probabilities ``N×K`` for a list of images."""
         return self.calibrate(self.model.predict_on_batch(self.prepare(pixels_list)))
 
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        """The model's raw output as uncalibrated ``N×K`` probabilities (what LIME and faithfulness perturb)."""
+        return to_probabilities(np.asarray(output), len(self.class_names))
+
     def label_for(self, probabilities: np.ndarray) -> str:
         """The predicted class name: the validation threshold for binary runs, argmax otherwise."""
         if len(self.class_names) == 2:
             threshold = 0.5 if self.threshold is None else self.threshold
             return self.class_names[int(probabilities[1] >= threshold)]
         return self.class_names[int(np.argmax(probabilities))]
+
+    # what a prediction writes (the task's output columns) ---------------------------------
+    def columns(self) -> list[str]:
+        """The ``predictions.csv`` columns a prediction fills, after ``path, frame, sha256``."""
+        return ["label", *[f"p_{n}" for n in self.class_names], "threshold"]
+
+    def fields(self, probabilities: np.ndarray) -> dict[str, Any]:
+        """One image's values of :meth:`columns`."""
+        row: dict[str, Any] = {"label": self.label_for(probabilities)}
+        row.update({f"p_{name}": round(float(p), 6) for name, p in zip(self.class_names, probabilities, strict=True)})
+        row["threshold"] = "" if self.threshold is None else round(float(self.threshold), 6)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        """What ``predictions.json`` records about the outputs besides the rows."""
+        return {"class_names": self.class_names, "threshold": self.threshold}
+
+    # what an explanation explains -------------------------------------------------------
+    def chosen_targets(self, options: ExplainOptions) -> list[int] | None:
+        """The outputs every image is explained for (``--class``), or None: per image, its label."""
+        if options.class_name is None:
+            return None
+        if options.class_name not in self.class_names:
+            raise ConfigError(f"class {options.class_name!r} is not one of this run's classes: "
+                              f"{', '.join(self.class_names)}")
+        return [self.class_names.index(options.class_name)]
+
+    def explain_targets(self, probabilities: np.ndarray, chosen: list[int] | None) -> list[list[int]]:
+        """Per image, the outputs to explain: the named class, else the reported label."""
+        if chosen:
+            return [list(chosen) for _ in probabilities]
+        return [[self.class_names.index(self.label_for(p))] for p in probabilities]
+
+    def target_name(self, index: int) -> str | None:
+        """The column and file infix of target ``index``: None (one map per method and image)."""
+        return None
+
+    def explained_fields(self, targets: list[int]) -> dict[str, Any]:
+        """The row fields naming what was explained."""
+        return {"explained_class": self.class_names[targets[0]] if targets else ""}
+
+    def explain_columns(self, options: ExplainOptions) -> list[str]:
+        """The ``predictions.csv`` columns an explanation adds."""
+        return column_names(options)
+
+
+class MultiLabelPredictor(Predictor):
+    """A multi-label run: one probability per finding and a threshold per finding.
+
+    A finding is called present when its probability reaches its threshold (chosen on
+    validation, ``run.json`` ``thresholds``). Rows carry ``label`` (present findings joined
+    by ``|``, or ``none``), ``findings`` (how many), ``p_<finding>`` and ``pos_<finding>`` (0/1).
+    Explanations are made per finding (``--findings positive|all|NAME,...``), all of a
+    batch in one call per method, in columns ``<method>_<finding>_<field>``.
+    """
+
+    def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
+        super().__init__(run_dir, model=model)
+        self.findings: list[str] = list(self.state.get("findings") or self.class_names)
+        self.thresholds: dict[str, float] = {f: float(v) for f, v in (self.state.get("thresholds") or {}).items()}
+        self.threshold = None
+
+    def calibrate(self, output: np.ndarray) -> np.ndarray:
+        return self.scores(output)
+
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        values = np.asarray(output, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.findings):
+            raise ValueError(f"expected N×{len(self.findings)} finding probabilities, got shape {values.shape}")
+        return values
+
+    def present(self, probabilities: np.ndarray) -> list[str]:
+        """The findings called present for one image."""
+        return positive_findings(probabilities, self.findings, self.thresholds)
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        return "|".join(self.present(probabilities)) or "none"
+
+    def columns(self) -> list[str]:
+        return ["label", "findings", *[f"p_{f}" for f in self.findings], *[f"pos_{f}" for f in self.findings]]
+
+    def fields(self, probabilities: np.ndarray) -> dict[str, Any]:
+        present = self.present(probabilities)
+        row: dict[str, Any] = {"label": "|".join(present) or "none", "findings": len(present)}
+        row.update({f"p_{f}": round(float(p), 6) for f, p in zip(self.findings, probabilities, strict=True)})
+        row.update({f"pos_{f}": int(f in present) for f in self.findings})
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        return {"class_names": self.findings, "findings": self.findings, "thresholds": self.thresholds,
+                "threshold": None}
+
+    def chosen_targets(self, options: ExplainOptions) -> list[int] | None:
+        if options.class_name is not None:  # --class names one finding
+            return [self.findings.index(n) for n in parse_findings(options.class_name, self.findings)]
+        if options.findings == "positive":
+            return None
+        return [self.findings.index(n) for n in parse_findings(options.findings, self.findings)]
+
+    def explain_targets(self, probabilities: np.ndarray, chosen: list[int] | None) -> list[list[int]]:
+        if chosen is not None:
+            return [list(chosen) for _ in probabilities]
+        return [[self.findings.index(f) for f in self.present(p)] for p in probabilities]
+
+    def target_name(self, index: int) -> str | None:
+        return self.findings[index]
+
+    def explained_fields(self, targets: list[int]) -> dict[str, Any]:
+        return {"explained_findings": "|".join(self.findings[t] for t in targets)}
+
+    def explain_columns(self, options: ExplainOptions) -> list[str]:
+        chosen = self.chosen_targets(options)
+        names = self.findings if chosen is None else [self.findings[k] for k in chosen]
+        return ["explained_findings", *[c for name in names for c in column_names(options, target=name)]]
+
+
+def load_predictor(run_dir: str | Path) -> Predictor:
+    """The predictor of a finished classifier run, of its task's kind (single- or multi-label)."""
+    run = RunDir(run_dir).require()
+    return require_command(run.read_state(), run.root, "predict").load(run.root)
+
+
+def parse_findings(text: str, findings: list[str]) -> list[str]:
+    """``--findings``: ``positive``, ``all`` or comma-separated names; one-line error for an unknown name."""
+    if text in ("positive", "all"):
+        return list(findings)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in findings]
+    if unknown or not names:
+        raise ConfigError(f"--findings {text!r}: {unknown[0] if unknown else 'no name'} is not one of this run's "
+                          f"findings ({', '.join(findings)}), positive or all")
+    return names
 
 
 def read_records(files: list[Path], errors: list[tuple[str, str]]) -> Iterator[ImageRecord]:
@@ -192,7 +330,7 @@ def predict_paths(
         shard: ``(I, N)``: process only shard I of N and write to ``out_dir/shard-I-of-N``
             (see :mod:`medlens.pipelines.shards`; ``medlens merge`` joins the shards).
     """
-    predictor = predictor or Predictor(run_dir)
+    predictor = predictor or load_predictor(run_dir)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     if explainer is not None:
         explainer.retarget(out)
@@ -227,17 +365,15 @@ def predict_paths(
                 "path": record.path,
                 "frame": "" if record.frame is None else record.frame,
                 "sha256": digests.get(record.path, ""),
-                "label": predictor.label_for(probs),
             }
-            row.update({f"p_{name}": round(float(p), 6) for name, p in zip(predictor.class_names, probs, strict=True)})
-            row["threshold"] = "" if predictor.threshold is None else round(float(predictor.threshold), 6)
+            row.update(predictor.fields(probs))
             row.update(fields)
             rows.append(row)
         pending.clear()
 
-    header = ["path", "frame", "sha256", "label", *[f"p_{n}" for n in predictor.class_names], "threshold"]
+    header = ["path", "frame", "sha256", *predictor.columns()]
     if explain is not None:
-        header += column_names(explain)
+        header += predictor.explain_columns(explain)
 
     def write_tables() -> Path:
         rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
@@ -309,11 +445,11 @@ def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None,
     atomic_write_json(out / "predictions.json", {
         "run": str(predictor.run.root.resolve()),
         "inputs_relative_to": str(Path.cwd()),
-        "class_names": predictor.class_names,
-        "threshold": predictor.threshold,
+        **predictor.summary(),
         "explain": None if explainer is None else {
             "methods": list(explain.methods),
             "class": explain.class_name,
+            "findings": explain.findings if isinstance(predictor, MultiLabelPredictor) else None,
             "lime_samples": explain.lime_samples if "lime" in explain.methods else None,
             "seed": explain.seed,
             "seconds": {m: round(t, 3) for m, t in explainer.seconds.items()},

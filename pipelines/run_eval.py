@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 def load_run_model(run_dir: str | Path) -> keras.Model:
     """Load ``model.keras`` from a finished run directory."""
+    from medlens.models import multilabel  # noqa: F401  (registers the multi-label loss and metric)
+
     run = RunDir(run_dir).require()
     try:
         return keras.saving.load_model(run.model_path)

@@ -31,13 +31,12 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
-from medlens.models.classifier import build_classifier, freeze_backbone, unfreeze_all, unfreeze_top_blocks
+from medlens.models.classifier import freeze_backbone, unfreeze_all, unfreeze_top_blocks
 from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig, config_to_dict, load_config
-from medlens.pipelines.data import ClassificationSequence, Dataset, class_weights, load_dataset
+from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.distribute import Distribution, cluster_failure, setup_distribution, worker_role
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.frozen import FeatureSequence, cached_features, split_frozen
-from medlens.pipelines.run_eval import evaluate_run, write_model_card
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_json
 from medlens.pipelines.tasks import task_named
 
@@ -262,18 +261,12 @@ def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
-def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, num_classes: int, replicas: int = 1,
-             optimizer: keras.optimizers.Optimizer | None = None) -> None:
-    binary = num_classes == 2
+def _compile(model: keras.Model, cfg: RunConfig, phase: PhaseConfig, objectives: Callable[[], tuple[Any, list]],
+             replicas: int = 1, optimizer: keras.optimizers.Optimizer | None = None) -> None:
+    """Compile for one phase; ``objectives()`` gives the task's loss and fresh metric objects."""
     rate = phase.learning_rate * (replicas if cfg.train.scale_learning_rate else 1)
-    model.compile(
-        optimizer=optimizer or _optimizer(cfg.train.optimizer, rate),
-        loss="binary_crossentropy" if binary else "categorical_crossentropy",
-        metrics=[
-            keras.metrics.BinaryAccuracy(name="accuracy") if binary else keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.AUC(name="auc"),
-        ],
-    )
+    loss, metrics = objectives()
+    model.compile(optimizer=optimizer or _optimizer(cfg.train.optimizer, rate), loss=loss, metrics=metrics)
 
 
 def _set_trainable(model: keras.Model, backbone_name: str, unfreeze_blocks: int) -> None:
@@ -529,7 +522,8 @@ def reload_outside(distribution: Distribution, model: keras.Model, path: Path) -
 
 
 def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], backbone_name: str,
-                num_classes: int) -> Callable[[keras.Model, PhaseConfig], tuple[keras.Model, Any, Any] | None]:
+                objectives: Callable[[], tuple[Any, list]]
+                ) -> Callable[[keras.Model, PhaseConfig], tuple[keras.Model, Any, Any] | None]:
     """The ``frozen_top`` hook of :func:`run_phases` for a classifier trained without augmentation."""
 
     def hook(model: keras.Model, phase: PhaseConfig) -> tuple[keras.Model, Any, Any] | None:
@@ -540,7 +534,7 @@ def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], ba
                                                                  memory_mb=cfg.train.frozen_cache_mb))
                 for name in ("train", "val")]
         # The same optimizer object: its state is the model's, saved in every checkpoint.
-        _compile(split.top, cfg, phase, num_classes, optimizer=model.optimizer)
+        _compile(split.top, cfg, phase, objectives, optimizer=model.optimizer)
         log.info("frozen layers up to %s computed once; training %s on their activations",
                  split.cut, split.top.name)
         return split.top, data[0], data[1]
@@ -551,15 +545,19 @@ def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], ba
 def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] | None, *, verbose: int,
                      callbacks: list[keras.callbacks.Callback] | None, started: float,
                      distribution: Distribution) -> TrainResult:
-    """The classification task's training (see :func:`train`, which prepares ``run`` and ``distribution``)."""
+    """Training of the classifier tasks (single-label, multi-label; see :func:`train`, which prepares
+    ``run`` and ``distribution``). The task (``TASKS[cfg.task]``) supplies the data, the head, the
+    loss and metrics, and the evaluation; the two phases are the same for all of them."""
+    task = task_named(cfg.task)
     resume = resume_state is not None
-    dataset = load_dataset(cfg.data, seed=cfg.seed)
+    dataset = task.load_data(cfg.data, seed=cfg.seed)
     class_names = list(dataset.class_names)
     num_classes = len(class_names)
     for split in ("train", "val", "test"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
             raise ConfigError(f"dataset has no {split!r} split; set data.val_fraction/test_fraction above 0")
-    log.info("classes %s; counts %s", class_names, dataset.report.get("class_counts"))
+    log.info("%s %s; counts %s", task.output_kind, class_names,
+             dataset.report.get("class_counts") or dataset.report.get("finding_counts"))
 
     backbone_name = cfg.model.backbone
     with distribution.scope():
@@ -567,21 +565,13 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
             model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])
             restore_rng_state(model, resume_state.get("rng", []))
         else:
-            model = build_classifier(
-                backbone=backbone_name,
-                num_classes=num_classes,
-                input_shape=(*cfg.data.image_size, 3),
-                weights=cfg.model.weights,
-                pooling=cfg.model.pooling,
-                dropout=cfg.model.dropout,
-                dense_units=cfg.model.dense_units,
-                head_norm=cfg.model.head_norm,
-            )
+            model = task.build_model(cfg, num_classes)
     sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
     train_data, val_data = sequences["train"], sequences["val"]
     if distribution.replicas > 1:
         train_data, val_data = EvenBatches(train_data, distribution.replicas), EvenBatches(val_data, distribution.replicas)
-    weights = class_weights(dataset.splits["train"].labels, num_classes) if cfg.data.class_weights else None
+    weights = task.class_weight(cfg, dataset)
+    objectives = task.objectives(cfg, dataset)
     pretrained = str(cfg.model.weights).lower() not in ("none", "")
     if cfg.train.phase1.unfreeze_blocks == 0 and not pretrained:
         log.warning("phase 1 freezes a backbone with random weights (model.weights: none); "
@@ -590,7 +580,7 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
     frozen_top = None
     if cfg.train.frozen_cache and distribution.kind == "none":
         if cfg.data.augment == "none":
-            frozen_top = _frozen_top(cfg, sequences, backbone_name, num_classes)
+            frozen_top = _frozen_top(cfg, sequences, backbone_name, objectives)
         else:
             log.info("frozen layers are run every epoch: augmentation (%s) changes their input each time",
                      cfg.data.augment)
@@ -598,7 +588,7 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
         model, state = run_phases(
             run, cfg, model, train_data, val_data,
             prepare_phase=lambda m, phase: _set_trainable(m, backbone_name, phase.unfreeze_blocks),
-            compile_phase=lambda m, phase: _compile(m, cfg, phase, num_classes, distribution.replicas),
+            compile_phase=lambda m, phase: _compile(m, cfg, phase, objectives, distribution.replicas),
             class_weight=weights, resume_state=resume_state, verbose=verbose, callbacks=callbacks,
             frozen_top=frozen_top,
         )
@@ -609,8 +599,9 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
     epochs_done = int(state.get("epochs_done", 0))
     previous_seconds = float(run.read_state().get("train_seconds", 0)) if run.state_path.is_file() else 0.0
     run.write_state({
-        "task": "classification",
+        "task": task.name,
         "class_names": class_names,
+        **task.run_facts(cfg, dataset),
         "backbone": backbone_name,
         "weights": cfg.model.weights,
         "image_size": list(cfg.data.image_size),
@@ -627,6 +618,5 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "train_seconds": round(previous_seconds + time.time() - started, 1),
     })
-    metrics = evaluate_run(run.root, split="test", model=model, dataset=dataset, cfg=cfg)
-    write_model_card(run.root)
+    metrics = task.evaluate_model(run.root, split="test", model=model, dataset=dataset, cfg=cfg)
     return TrainResult(run.root, metrics, epochs_done, time.time() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ class ClassificationTask(Task):
     batch_command = "predict"
     config_class = "RunConfig"
     endpoint = "/predict"
+    output_kind = "classes"
 
     def describe_model(self, cfg: Any) -> str:
         return f"{cfg.model.backbone} ({cfg.model.weights})"
@@ -25,6 +27,56 @@ class ClassificationTask(Task):
 
         return train_classifier(cfg, run, resume_state, **options)
 
+    # the pieces train_classifier asks for ---------------------------------------------------
+    def load_data(self, data_cfg: Any, seed: int) -> Any:
+        """The run's :class:`~medlens.pipelines.data.Dataset` (class names, splits, report)."""
+        from medlens.pipelines.data import load_dataset
+
+        return load_dataset(data_cfg, seed=seed)
+
+    def build_model(self, cfg: Any, num_outputs: int, *, multilabel: bool = False) -> Any:
+        """The uncompiled classifier: backbone plus the head of ``cfg.model``."""
+        from medlens.models.classifier import build_classifier
+
+        return build_classifier(backbone=cfg.model.backbone, num_classes=num_outputs,
+                                input_shape=(*cfg.data.image_size, 3), weights=cfg.model.weights,
+                                pooling=cfg.model.pooling, dropout=cfg.model.dropout,
+                                dense_units=cfg.model.dense_units, head_norm=cfg.model.head_norm,
+                                multilabel=multilabel)
+
+    def objectives(self, cfg: Any, dataset: Any) -> Callable[[], tuple[Any, list]]:
+        """A factory of ``(loss, metrics)`` for each compile (metric objects are fresh each time)."""
+        import keras
+
+        binary = dataset.num_classes == 2
+
+        def make() -> tuple[Any, list]:
+            accuracy = (keras.metrics.BinaryAccuracy(name="accuracy") if binary
+                        else keras.metrics.CategoricalAccuracy(name="accuracy"))
+            return ("binary_crossentropy" if binary else "categorical_crossentropy",
+                    [accuracy, keras.metrics.AUC(name="auc")])
+
+        return make
+
+    def class_weight(self, cfg: Any, dataset: Any) -> dict[int, float] | None:
+        """``fit(class_weight=...)`` when ``data.class_weights`` asks for balanced classes."""
+        from medlens.pipelines.data import class_weights
+
+        return class_weights(dataset.splits["train"].labels, dataset.num_classes) if cfg.data.class_weights else None
+
+    def run_facts(self, cfg: Any, dataset: Any) -> dict[str, Any]:
+        """Task-specific ``run.json`` fields (besides ``class_names``)."""
+        return {}
+
+    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
+        """Metrics of a just-trained model on ``split`` (written to ``metrics.json``) and the model card."""
+        from medlens.pipelines.run_eval import evaluate_run, write_model_card
+
+        metrics = evaluate_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
+        write_model_card(run_dir)
+        return metrics
+
+    # evaluation and inference ----------------------------------------------------------------
     def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
         from medlens.pipelines.run_eval import evaluate_run, write_model_card
 

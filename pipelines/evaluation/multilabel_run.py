@@ -1,0 +1,132 @@
+"""Evaluate a multi-label run: thresholds per finding on validation, metrics per split, model card.
+
+``metrics.json`` has the shape every task writes (``schema``, one entry per split,
+``threshold: {value, method, chosen_on}``); here ``value`` maps each finding to its
+threshold. ``run.json`` gains ``thresholds`` (what :class:`MultiLabelPredictor` applies).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from medlens.models.backbones import preprocess_function
+from medlens.pipelines.config import load_config
+from medlens.pipelines.data import ClassificationSequence, Dataset
+from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
+from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
+
+__all__ = ["evaluate_multilabel_run", "predict_findings", "write_multilabel_card"]
+
+log = logging.getLogger(__name__)
+
+
+def predict_findings(model: keras.Model, source: Any, cfg: Any) -> np.ndarray:
+    """``N×F`` finding probabilities for every image of a source, in order."""
+    sequence = ClassificationSequence(source, image_size=tuple(cfg.data.image_size), batch_size=cfg.data.batch_size,
+                                      preprocess=preprocess_function(cfg.model.backbone),
+                                      num_classes=len(cfg.data.findings) or 2, cache=False, images_only=True)
+    outputs = [np.asarray(model.predict_on_batch(sequence[i]), np.float64) for i in range(len(sequence))]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+
+def evaluate_multilabel_run(run_dir: str | Path, *, split: str = "test", model: keras.Model | None = None,
+                            dataset: Dataset | None = None, cfg: Any = None) -> dict[str, Any]:
+    """Choose each finding's threshold on validation, score ``split``, update ``metrics.json``.
+
+    Returns:
+        The metrics of ``split`` (see :func:`multilabel_metrics`).
+    """
+    from medlens.pipelines.findings import load_findings
+    from medlens.pipelines.run_eval import load_run_model
+
+    run = RunDir(run_dir)
+    if model is None:
+        run.require()
+        model = load_run_model(run.root)
+    cfg = cfg or load_config(run.read_config())
+    dataset = dataset or load_findings(cfg.data, seed=cfg.seed)
+    findings = list(dataset.class_names)
+    state = run.read_state()
+
+    val = dataset.splits["val"]
+    val_probs = predict_findings(model, val, cfg)
+    thresholds = choose_thresholds(val.labels, val_probs, findings, method=cfg.evaluate.threshold,
+                                   target_sensitivity=cfg.evaluate.target_sensitivity)
+    state.update(thresholds=thresholds, threshold_method=cfg.evaluate.threshold)
+    run.write_state(state)
+    source = dataset.splits[split]
+    probs = val_probs if split == "val" else predict_findings(model, source, cfg)
+    metrics = multilabel_metrics(source.labels, probs, findings, thresholds, seed=cfg.seed)
+
+    everything = run.read_metrics()
+    everything[split] = metrics
+    everything["val"] = multilabel_metrics(val.labels, val_probs, findings, thresholds, seed=cfg.seed)
+    everything["threshold"] = threshold_record(thresholds, cfg.evaluate.threshold)
+    everything["calibration"] = {"method": "none", "note": "expected calibration error per finding, uncalibrated"}
+    run.write_metrics(everything)
+    log.info("%s: macro AUC %s over %d findings", split, metrics["macro_auc"], len(metrics["auc_findings"]))
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def write_multilabel_card(run_dir: str | Path) -> Path:
+    """``model_card.md`` of a multi-label run: the model, its data per finding, test metrics per finding."""
+    run = RunDir(run_dir)
+    cfg, state, metrics = run.read_config(), run.read_state(), run.read_metrics()
+    test = metrics.get("test", {})
+    counts = state.get("data_report", {}).get("finding_counts", {})
+    lines = [
+        f"# Model card: {cfg.get('name', run.root.name)}",
+        "",
+        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
+        "reviewed by a qualified clinician.",
+        "",
+        "## Model",
+        f"- Task: multi-label findings ({len(state.get('findings', []))}): {', '.join(state.get('findings', []))}",
+        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
+        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB; one sigmoid per finding",
+        f"- Loss: binary cross-entropy per finding, missing labels left out"
+        + (", positives weighted by n_negative / n_positive" if state.get("positive_weights") else ""),
+        f"- {state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}; Keras "
+        f"{state.get('keras_version')} on {state.get('keras_backend')}; seed {cfg.get('seed')}",
+        "",
+        "## Data",
+        f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}; splits "
+        f"{state.get('data_report', {}).get('splits_from')}, patients per split "
+        f"{state.get('data_report', {}).get('patients')}",
+        f"- Rows skipped as unreadable: {state.get('data_report', {}).get('rows_skipped', 0)}",
+        "",
+        "## Test results",
+        f"- n = {test.get('n')}, macro AUC {_fmt(test.get('macro_auc'))} over {len(test.get('auc_findings', []))} "
+        f"findings with positives, micro AUC {_fmt(test.get('micro_auc'))}, mean AP "
+        f"{_fmt(test.get('mean_average_precision'))}",
+        "",
+        "| finding | train +/−/missing | test n | prevalence | AUC (95% CI) | AP | threshold | sensitivity | specificity | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for finding, item in test.get("findings", {}).items():
+        ci = item.get("auc_ci95")
+        auc = _fmt(item.get("auc")) + (f" ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
+        train = "/".join(str(v) for v in counts.get("train", {}).get(finding, []))
+        lines.append(f"| {finding} | {train} | {item['n']} | {_fmt(item.get('prevalence'))} | "
+                     f"{auc if item.get('auc') is not None else item.get('note', 'n/a')} | "
+                     f"{_fmt(item.get('average_precision'))} | {_fmt(item.get('threshold'))} | "
+                     f"{_fmt(item.get('sensitivity'))} | {_fmt(item.get('specificity'))} | {_fmt(item.get('ece'))} |")
+    lines += [
+        "",
+        f"Thresholds chosen per finding on validation by {state.get('threshold_method')}.",
+        "",
+        "## Limits",
+        "- Evaluated only on the test split above; other scanners, sites and populations are unknown.",
+        "- Findings with few positives have wide intervals; probabilities are not calibrated (ECE per finding above).",
+        "",
+    ]
+    return atomic_write_text(run.card_path, "\n".join(lines))

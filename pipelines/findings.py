@@ -1,0 +1,258 @@
+"""Multi-label data: a manifest (or npz) whose images each carry any number of findings.
+
+:func:`load_findings` reads a :class:`~medlens.pipelines.config.FindingsDataConfig` into the
+same :class:`~medlens.pipelines.data.Dataset` as single-label data, with ``class_names`` the
+findings and labels ``(N, F)`` ``float32``: 1 present, 0 absent, NaN missing. Two manifest
+layouts:
+
+* one column per finding (``Atelectasis,Cardiomegaly,...``) holding ``1``/``0``, blank
+  (missing) or ``-1`` (uncertain, mapped by ``data.uncertain``);
+* NIH style: one column (``data.columns.findings``, e.g. ``Finding Labels``) listing a row's
+  findings separated by ``|``, ``No Finding`` (``data.no_finding``) for none.
+
+A row whose values cannot be read (a value other than 0/1/blank/-1, an unknown finding, all
+labels missing) is skipped with a one-line warning naming the manifest and line; the good rows
+are kept and the count is in the dataset report. Splits are made as for single-label data:
+given ones kept, missing ones made stratified by finding and grouped by patient, exact
+duplicate files dropped first.
+
+Example (needs the data)::
+
+    from medlens.pipelines.config import load_config
+    dataset = load_findings(load_config("chest-xray14").data, seed=0)
+    dataset.class_names[:3], dataset.splits["train"].labels.shape
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.pipelines.config import FindingsDataConfig
+from medlens.pipelines.data import (
+    SPLITS,
+    ArraySource,
+    Dataset,
+    FileSource,
+    _assign_splits,
+    _dedupe,
+    _normalise_split,
+    _resolve,
+)
+from medlens.pipelines.errors import DatasetError
+from medlens.pipelines.io import read_npz
+
+__all__ = ["load_findings", "finding_counts", "parse_finding_value"]
+
+log = logging.getLogger(__name__)
+
+_MISSING = float("nan")
+_SHOWN = 5  # bad rows named one by one before the rest are counted
+
+
+def parse_finding_value(text: str, uncertain: str) -> float:
+    """One manifest cell as a label: 1.0, 0.0 or NaN (missing); ``ValueError`` for anything else.
+
+    Example:
+        >>> [parse_finding_value(v, "ignore") for v in ("1", "0.0", "", "-1")]
+        [1.0, 0.0, nan, nan]
+        >>> parse_finding_value("-1", "ones")
+        1.0
+    """
+    value = text.strip()
+    if not value:
+        return _MISSING
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not 0, 1, blank or -1") from None
+    if number in (0.0, 1.0):
+        return number
+    if number == -1.0:
+        return {"ignore": _MISSING, "ones": 1.0, "zeros": 0.0}[uncertain]
+    raise ValueError(f"{value!r} is not 0, 1, blank or -1")
+
+
+def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not manifest.is_file():
+        raise DatasetError(f"{manifest}: manifest not found")
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{manifest}: cannot read manifest ({exc})".replace("\n", " ")) from None
+
+
+def _pipe_findings(cfg: FindingsDataConfig, rows: list[dict[str, str]], column: str) -> list[str]:
+    if cfg.findings:
+        return list(cfg.findings)
+    tokens = {t.strip() for row in rows for t in (row.get(column) or "").split("|")}
+    return sorted(t for t in tokens if t and t != cfg.no_finding)
+
+
+def _row_labels(cfg: FindingsDataConfig, row: dict[str, str], findings: list[str], column: str) -> np.ndarray:
+    """One row's label vector; ``ValueError`` saying what is wrong with it."""
+    if column:
+        text = (row.get(column) or "").strip()
+        if not text:
+            raise ValueError(f"empty {column!r}")
+        tokens = [t.strip() for t in text.split("|") if t.strip()]
+        if tokens == [cfg.no_finding]:
+            return np.zeros(len(findings), np.float32)
+        unknown = [t for t in tokens if t not in findings]
+        if unknown:
+            raise ValueError(f"finding {unknown[0]!r} in {column!r} is not one of data.findings")
+        return np.array([1.0 if f in tokens else 0.0 for f in findings], np.float32)
+    values = []
+    for finding in findings:
+        try:
+            values.append(parse_finding_value(row.get(finding) or "", cfg.uncertain))
+        except ValueError as exc:
+            raise ValueError(f"column {finding!r}: {exc}") from None
+    labels = np.array(values, np.float32)
+    if np.isnan(labels).all():
+        raise ValueError("every finding label is missing")
+    return labels
+
+
+def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, list[str] | None, list[str], dict]:
+    manifest = Path(cfg.manifest or "manifest.csv").expanduser()
+    if not manifest.is_absolute():
+        manifest = root / manifest
+    columns, rows = _read_rows(manifest)
+    image_column, pipe_column = cfg.column("image"), cfg.column("findings")
+    needed = [image_column, pipe_column] if pipe_column else [image_column]
+    for column in needed:
+        if column not in columns:
+            raise DatasetError(f"{manifest}: no column {column!r}; columns are: {', '.join(columns) or '(none)'}")
+    if not rows:
+        raise DatasetError(f"{manifest}: manifest has no rows")
+    if pipe_column:
+        findings = _pipe_findings(cfg, rows, pipe_column)
+    else:
+        if not cfg.findings:
+            raise DatasetError(f"{manifest}: set data.findings to the finding columns (or data.columns.findings "
+                               "to a column of |-separated findings)")
+        findings = list(cfg.findings)
+        absent = [f for f in findings if f not in columns]
+        if absent:
+            raise DatasetError(f"{manifest}: no column for finding {absent[0]!r} (data.findings); "
+                               f"columns are: {', '.join(columns)}")
+    if len(findings) < 2:
+        raise DatasetError(f"{manifest}: {len(findings)} finding(s) found; a multi-label run needs at least two "
+                           "(use task: classification for one)")
+    patient_column, split_column = cfg.column("patient_id"), cfg.column("split")
+    patient_column = patient_column if patient_column in columns else ""
+    split_column = split_column if split_column in columns else ""
+
+    paths, labels, groups, splits, bad = [], [], [], [], []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        value = (row.get(image_column) or "").strip()
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = root / path
+        try:
+            if not value:
+                raise ValueError(f"empty {image_column!r}")
+            if not path.is_file():
+                raise ValueError(f"file not found: {path}")
+            vector = _row_labels(cfg, row, findings, pipe_column)
+            split = _normalise_split(row.get(split_column) or "", f"{manifest} line {number}") if split_column else None
+        except (ValueError, DatasetError) as exc:
+            bad.append(f"{manifest} line {number}: {getattr(exc, 'reason', exc)}")
+            continue
+        paths.append(path)
+        labels.append(vector)
+        groups.append((row.get(patient_column) or "").strip() or f"__row{number}")
+        splits.append(split)
+    for line in bad[:_SHOWN]:
+        log.warning("skipped %s", line)
+    if len(bad) > _SHOWN:
+        log.warning("skipped %d more bad row(s) of %s", len(bad) - _SHOWN, manifest)
+    if not paths:
+        raise DatasetError(f"{manifest}: no usable rows ({bad[0] if bad else 'none'})")
+    source = FileSource(paths, np.stack(labels), groups if patient_column else None, findings)
+    return source, (splits if split_column else None), findings, {"rows_skipped": len(bad), "skipped": bad[:20]}
+
+
+def _load_npz(cfg: FindingsDataConfig, seed: int) -> Dataset:
+    path = _resolve(cfg.npz, "npz")
+    if not path.is_absolute() and cfg.root and not path.exists():
+        path = Path(cfg.root).expanduser() / path
+    if not path.is_file():
+        raise DatasetError(f"{path}: npz file not found")
+    parts = read_npz(path)
+    names = [name for name in SPLITS if name in parts]
+    if "train" not in names:
+        raise DatasetError(f"{path}: no train split (found: {', '.join(sorted(parts)) or 'nothing'})")
+    labels = {name: np.asarray(parts[name][1], dtype=np.float32) for name in names}
+    width = labels["train"].shape[1] if labels["train"].ndim == 2 else 1
+    if width < 2 or any(v.ndim != 2 or v.shape[1] != width for v in labels.values()):
+        raise DatasetError(f"{path}: labels are not multi-label (N×F with F ≥ 2 in every split)")
+    for name, values in labels.items():
+        bad = ~np.isin(values, (0.0, 1.0))
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DatasetError(f"{path}: {name} labels hold {values[bad][0]!r} (row {row}); expected 0 or 1")
+    findings = list(cfg.findings) or [str(i) for i in range(width)]
+    if len(findings) != width:
+        raise DatasetError(f"{path}: {width} label columns but data.findings names {len(findings)}")
+    given = [name for name in names for _ in range(len(labels[name]))]
+    pool = ArraySource(np.concatenate([np.asarray(parts[n][0]) for n in names]),
+                       np.concatenate([labels[n] for n in names]),
+                       ids=[f"{n}/{i}" for n in names for i in range(len(labels[n]))])
+    indices, origin = _assign_splits(pool.labels, None, given, cfg, seed)
+    return Dataset(findings, {name: pool.subset(idx) for name, idx in indices.items()},
+                   {"kind": "npz", "source": str(path), "splits_from": origin, "duplicates_dropped": 0})
+
+
+def load_findings(cfg: FindingsDataConfig, seed: int) -> Dataset:
+    """Load and split a multi-label dataset (see the module docstring).
+
+    Raises:
+        ConfigError: an empty root/npz setting.
+        DatasetError: a missing manifest, column or finding column, no usable row.
+    """
+    if cfg.kind == "npz":
+        dataset = _load_npz(cfg, seed)
+    else:
+        root = _resolve(cfg.root, "root")
+        if not root.is_dir():
+            raise DatasetError(f"{root}: data root folder not found")
+        pool, given, findings, skipped = _read_manifest(cfg, root)
+        keep, stats = (_dedupe(pool, given) if cfg.dedupe
+                       else (np.arange(len(pool)), {"dropped": 0, "across_splits": 0, "label_conflicts": 0}))
+        pool = pool.subset(keep)
+        given = None if given is None else [given[i] for i in keep]
+        indices, origin = _assign_splits(pool.labels, pool.groups, given, cfg, seed)
+        dataset = Dataset(findings, {name: pool.subset(indices[name]) for name in SPLITS}, {
+            "kind": "csv", "source": str(root), "splits_from": origin,
+            "duplicates_dropped": stats["dropped"], "duplicates_across_splits": stats["across_splits"],
+            "duplicate_label_conflicts": stats["label_conflicts"], **skipped,
+        })
+    dataset.report["findings"] = list(dataset.class_names)
+    dataset.report["class_names"] = list(dataset.class_names)
+    dataset.report["finding_counts"] = finding_counts(dataset)
+    dataset.report["patients"] = {name: (None if s.groups is None else len(set(s.groups)))
+                                  for name, s in dataset.splits.items()}
+    if len(dataset.splits["train"]) == 0:
+        raise DatasetError(f"{dataset.report['source']}: the train split is empty")
+    log.info("loaded %s: %d findings, %s images per split", dataset.report["source"], len(dataset.class_names),
+             {k: len(v) for k, v in dataset.splits.items()})
+    return dataset
+
+
+def finding_counts(dataset: Dataset) -> dict[str, dict[str, Any]]:
+    """Per split: images, and per finding ``[positive, negative, missing]``."""
+    counts: dict[str, dict[str, Any]] = {}
+    for name, source in dataset.splits.items():
+        labels = np.asarray(source.labels, dtype=np.float32).reshape(len(source), -1)
+        counts[name] = {"images": len(source), **{
+            finding: [int(np.sum(labels[:, k] == 1)), int(np.sum(labels[:, k] == 0)), int(np.isnan(labels[:, k]).sum())]
+            for k, finding in enumerate(dataset.class_names)}}
+    return counts

@@ -1,0 +1,68 @@
+"""Multi-label findings: any number of findings per image, one sigmoid each (NIH ChestX-ray14 style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medlens.pipelines.tasks.classification import ClassificationTask
+
+
+class MultiLabelTask(ClassificationTask):
+    """The classifier's backbone and two phases; targets, head, loss, metrics and outputs per finding."""
+
+    name = "multilabel"
+    config_class = "MultiLabelRunConfig"
+    output_kind = "findings"
+
+    def describe_target(self, cfg: Any) -> str:
+        return f"{len(cfg.data.findings)} findings" if cfg.data.findings else "findings from the manifest"
+
+    def load_data(self, data_cfg: Any, seed: int) -> Any:
+        from medlens.pipelines.findings import load_findings
+
+        return load_findings(data_cfg, seed=seed)
+
+    def build_model(self, cfg: Any, num_outputs: int, *, multilabel: bool = True) -> Any:
+        return super().build_model(cfg, num_outputs, multilabel=True)
+
+    def _positive_weights(self, cfg: Any, dataset: Any) -> list[float] | None:
+        from medlens.models.multilabel import positive_weights
+
+        return positive_weights(dataset.splits["train"].labels) if cfg.data.positive_weights else None
+
+    def objectives(self, cfg: Any, dataset: Any) -> Callable[[], tuple[Any, list]]:
+        from medlens.models.multilabel import MaskedAUC, MaskedBinaryCrossentropy
+
+        weights = self._positive_weights(cfg, dataset)
+        return lambda: (MaskedBinaryCrossentropy(pos_weight=weights), [MaskedAUC(name="auc")])
+
+    def class_weight(self, cfg: Any, dataset: Any) -> None:
+        return None
+
+    def run_facts(self, cfg: Any, dataset: Any) -> dict[str, Any]:
+        weights = self._positive_weights(cfg, dataset)
+        return {"findings": list(dataset.class_names),
+                "positive_weights": None if weights is None else [round(w, 4) for w in weights]}
+
+    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
+        from medlens.pipelines.evaluation.multilabel_run import evaluate_multilabel_run, write_multilabel_card
+
+        metrics = evaluate_multilabel_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
+        write_multilabel_card(run_dir)
+        return metrics
+
+    def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
+        from medlens.pipelines.evaluation.multilabel_run import evaluate_multilabel_run, write_multilabel_card
+
+        metrics = evaluate_multilabel_run(run_dir, split=split)
+        write_multilabel_card(run_dir)
+        summary = {k: metrics[k] for k in ("n", "macro_auc", "micro_auc", "mean_average_precision", "exact_match")}
+        per = {f"auc {f}": m["auc"] for f, m in metrics["findings"].items()}
+        return [(split, {**summary, **per})]
+
+    def load(self, run_dir: str | Path, model: Any = None) -> Any:
+        from medlens.pipelines.predict import MultiLabelPredictor
+
+        return MultiLabelPredictor(run_dir, model=model)

@@ -251,7 +251,7 @@ def finding_counts(dataset: Dataset) -> dict[str, dict[str, Any]]:
     """Per split: images, and per finding ``[positive, negative, missing]``."""
     counts: dict[str, dict[str, Any]] = {}
     for name, source in dataset.splits.items():
-        labels = np.asarray(source.labels, dtype=np.float32).reshape(len(source), -1)
+        labels = np.asarray(source.labels, dtype=np.float32).reshape(len(source), len(dataset.class_names))
         counts[name] = {"images": len(source), **{
             finding: [int(np.sum(labels[:, k] == 1)), int(np.sum(labels[:, k] == 0)), int(np.isnan(labels[:, k]).sum())]
             for k, finding in enumerate(dataset.class_names)}}

@@ -24,9 +24,12 @@ import numpy as np
 
 from medlens.pipelines.rundir import atomic_write_bytes, atomic_write_csv
 
-__all__ = ["Phantom", "make_phantom", "write_phantoms", "CLASS_NAMES"]
+__all__ = ["CLASS_NAMES", "FINDINGS", "Phantom", "make_phantom", "make_findings_phantom", "write_phantoms",
+           "write_findings_phantoms"]
 
 CLASS_NAMES = ("no_lesion", "lesion")
+#: The lesion types of the multi-label phantoms: a bright disc, a dark disc, a striped (reticular) disc.
+FINDINGS = ("nodule", "cyst", "reticular")
 
 
 @dataclass
@@ -89,6 +92,87 @@ def make_phantom(size: int, label: int, rng: np.random.Generator) -> Phantom:
     image = cv2.GaussianBlur(image, (3, 3), 0.6)
     pixels = np.clip(image * 255.0, 0, 255).astype(np.uint8)
     return Phantom(pixels, mask, label, lesion_centre, radius)
+
+
+def _body(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The textured body with vessel-like curves (no lesion): ``(image float32, centre, axes)``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
+    axes = size * rng.uniform(0.40, 0.46, 2)
+    body = ((yy - centre[0]) / axes[0]) ** 2 + ((xx - centre[1]) / axes[1]) ** 2 <= 1.0
+    image = np.zeros((size, size), np.float32)
+    image[body] = 0.35
+    image += 0.06 * _smooth_noise(rng, size, 8) * body
+    for _ in range(rng.integers(2, 5)):
+        points = rng.uniform(0.15, 0.85, (4, 2)) * size
+        curve = np.zeros((size, size), np.uint8)
+        cv2.polylines(curve, [points.astype(np.int32)], False, 255, thickness=1)
+        image += 0.25 * (curve > 0) * body
+    return image, centre, axes
+
+
+def make_findings_phantom(size: int, present: tuple[bool, ...], rng: np.random.Generator
+                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A phantom with any combination of the :data:`FINDINGS` lesion types, each at its own place.
+
+    Returns the ``uint8`` image and, per finding present, its ``uint8`` mask (255 inside).
+    Lesions never overlap: each sits in a free quadrant around the body's centre.
+    """
+    if size < 48:
+        raise ValueError(f"findings phantom size must be at least 48 pixels, got {size}")
+    image, _, _ = _body(size, rng)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cells = rng.permutation(4)
+    masks: dict[str, np.ndarray] = {}
+    radius = size * 0.11
+    for k, (finding, on) in enumerate(zip(FINDINGS, present, strict=True)):
+        if not on:
+            continue
+        cell_row, cell_col = divmod(int(cells[k]), 2)
+        row = size * (0.32 + 0.36 * cell_row) + rng.uniform(-0.04, 0.04) * size
+        col = size * (0.32 + 0.36 * cell_col) + rng.uniform(-0.04, 0.04) * size
+        distance = np.sqrt((yy - row) ** 2 + (xx - col) ** 2)
+        if finding == "nodule":
+            shape = np.clip((radius - distance) / 1.2 + 0.5, 0.0, 1.0)
+        elif finding == "cyst":  # darker than the body: the same disc, negative contrast
+            shape = -np.clip((radius * 1.1 - distance) / 1.2 + 0.5, 0.0, 1.0)
+        else:  # reticular: fine stripes inside a disc, no net brightness (texture, not contrast)
+            disc = np.clip((radius * 1.1 - distance) / 1.2 + 0.5, 0.0, 1.0)
+            shape = disc * np.sin((xx + yy) * (np.pi / 2.0)) * 1.3
+        image += 0.32 * shape
+        masks[finding] = ((np.abs(shape) > 0.25) * 255).astype(np.uint8)
+        if finding == "reticular":  # its mask is the textured disc, stripes and gaps alike
+            masks[finding] = ((distance <= radius * 1.1) * 255).astype(np.uint8)
+    image += rng.normal(0.0, 0.03, image.shape).astype(np.float32)
+    image = cv2.GaussianBlur(image, (3, 3), 0.6)
+    return np.clip(image * 255.0, 0, 255).astype(np.uint8), masks
+
+
+def write_findings_phantoms(folder: str | Path, *, count: int = 200, size: int = 64, prevalence: float = 0.45,
+                            seed: int = 0) -> Path:
+    """Write multi-label phantoms with a mask per finding and a manifest.
+
+    Layout: ``folder/images/case_0001.png``, ``folder/masks/case_0001_<finding>.png`` (the
+    name :class:`~medlens.pipelines.explain.Explainer` looks up for a finding's pointing
+    game), ``folder/manifest.csv`` with ``path,patient_id`` and one 0/1 column per finding
+    of :data:`FINDINGS` (each present with probability ``prevalence``, independently; two
+    images per patient).
+
+    Returns:
+        The manifest path.
+    """
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(1, count + 1):
+        present = tuple(bool(v) for v in rng.random(len(FINDINGS)) < prevalence)
+        image, masks = make_findings_phantom(size, present, rng)
+        name = f"case_{index:04d}"
+        atomic_write_bytes(folder / "images" / f"{name}.png", _png_bytes(image))
+        for finding, mask in masks.items():
+            atomic_write_bytes(folder / "masks" / f"{name}_{finding}.png", _png_bytes(mask))
+        rows.append([f"images/{name}.png", f"p{(index + 1) // 2:04d}", *[int(v) for v in present]])
+    return atomic_write_csv(folder / "manifest.csv", ["path", "patient_id", *FINDINGS], rows)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -267,8 +267,8 @@ def parse_findings(text: str, findings: list[str]) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in findings]
     if unknown or not names:
-        raise ConfigError(f"--findings {text!r}: {unknown[0] if unknown else 'no name'} is not one of this run's "
-                          f"findings ({', '.join(findings)}), positive or all")
+        raise ConfigError(f"--findings {text!r}: {repr(unknown[0]) if unknown else 'no name'} is not one of this "
+                          f"run's findings ({', '.join(findings)}), positive or all")
     return names
 
 

@@ -144,3 +144,18 @@ def test_segment_image_options_and_errors():
         LimeExplainer(SquareModel(), num_samples=1)
     with pytest.raises(ValueError):
         LimeExplainer(lambda batch: np.zeros((1, 2)), num_samples=10).explain(image)
+
+
+def test_several_outputs_share_one_sample_set_and_equal_single_explanations():
+    model = SquareModel()
+    lime = LimeExplainer(model, num_samples=300, batch_size=64, hide_color=0.0, n_segments=40, seed=2)
+    both = lime.explain_many(synthetic_image(), [1, 0])
+    assert sum(model.batch_sizes) == 300  # one set of perturbed predictions for both outputs
+    for result, index in zip(both, (1, 0), strict=True):
+        alone = LimeExplainer(SquareModel(), num_samples=300, batch_size=64, hide_color=0.0, n_segments=40,
+                              seed=2).explain(synthetic_image(), class_index=index)
+        assert result.class_index == index
+        np.testing.assert_array_equal(result.weights, alone.weights)
+        np.testing.assert_array_equal(result.map, alone.map)
+    # For two complementary outputs the weights are mirror images.
+    np.testing.assert_allclose(both[0].weights, -both[1].weights, atol=1e-9)

@@ -93,7 +93,7 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         f"- Task: multi-label findings ({len(state.get('findings', []))}): {', '.join(state.get('findings', []))}",
         f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
         f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB; one sigmoid per finding",
-        f"- Loss: binary cross-entropy per finding, missing labels left out"
+        "- Loss: binary cross-entropy per finding, missing labels left out"
         + (", positives weighted by n_negative / n_positive" if state.get("positive_weights") else ""),
         f"- {state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}; Keras "
         f"{state.get('keras_version')} on {state.get('keras_backend')}; seed {cfg.get('seed')}",

@@ -89,7 +89,7 @@ def _default_run_dir(name: str) -> Path:
 
 
 def _print_metrics(metrics: dict, header: str) -> None:
-    keys = ("n", "dice", "iou", "accuracy", "auc", "macro_auc", "micro_auc", "mean_average_precision", "sensitivity",
+    keys = ("n", "dice", "iou", "qwk", "mae", "accuracy", "auc", "macro_auc", "micro_auc", "mean_average_precision", "sensitivity",
             "specificity", "precision", "f1", "ece", "threshold")
     # Then a multi-label evaluation's per-finding AUCs ("auc Effusion", ...), in its order.
     keys += tuple(k for k in metrics if k.startswith("auc "))
@@ -229,7 +229,7 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     if getattr(args, "dicom", False):
         from medlens.app.dicom_export import export_overlays
 
-        written = export_overlays(result.out_dir, result.rows, list(explain.methods))
+        written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets)
         print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
     _maybe_report(args, result.out_dir)
     return _report_errors(result)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def _source_header(path: str) -> Dataset | None:
 
 
 def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: str, study_uid: str,
-                      method: str, instance: int, frame: int | None, label: str) -> Dataset:
+                      method: str, instance: int, frame: int | None, label: str,
+                      finding: str | None = None, finding_number: int = 0) -> Dataset:
     """A Secondary Capture dataset holding ``rgb`` (``uint8`` ``H×W×3``) in the source's study."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
@@ -76,11 +78,12 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
     ds.SeriesInstanceUID = series_uid
     ds.Modality = "OT"
     ds.ConversionType = "WSD"
-    ds.SeriesNumber = 9000 + list(_TITLES).index(method)
+    ds.SeriesNumber = 9000 + list(_TITLES).index(method) + (0 if finding is None else 10 * (1 + finding_number))
     ds.InstanceNumber = instance
     title = _TITLES.get(method, method)
-    ds.SeriesDescription = f"medlens {title} (decision support)"
-    ds.DerivationDescription = f"{title} heatmap of the predicted class, blended onto the source image"
+    what = "the predicted class" if finding is None else f"the finding {finding}"
+    ds.SeriesDescription = f"medlens {title}{'' if finding is None else ' ' + finding} (decision support)"[:64]
+    ds.DerivationDescription = f"{title} heatmap of {what}, blended onto the source image"
     ds.ImageComments = f"medlens {title} for '{label}'. Decision support only, not a diagnosis."
     ds.BurnedInAnnotation = "NO"
     if source is not None and "SOPInstanceUID" in source:
@@ -100,7 +103,8 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
     return ds
 
 
-def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str]) -> list[Path]:
+def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str],
+                    targets: Callable[[dict[str, Any]], list[str | None]] | None = None) -> list[Path]:
     """Write ``out_dir/dicom/<overlay name>.dcm`` for each overlay PNG listed in ``rows``.
 
     Args:
@@ -108,6 +112,9 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
         rows: ``predictions.csv`` rows (``PredictResult.rows``); input paths as given, relative
             to the current folder.
         methods: Explanation methods whose overlays to export.
+        targets: Per row, the targets its overlays are named by (a multi-label run's
+            ``Predictor.explained_targets``: one overlay, and one series, per finding and method);
+            default one overlay per method.
 
     Returns:
         The files written.
@@ -118,6 +125,7 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
     headers: dict[str, Dataset | None] = {}
     studies: dict[str, str] = {}
     counters: dict[str, int] = {}
+    order: dict[str, int] = {}  # finding → its series number offset
     for row in rows:
         path = str(row["path"])
         if path not in headers:
@@ -128,9 +136,10 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
         source_series = str(source.get("SeriesInstanceUID", path)) if source is not None else path
         frame = row.get("frame")
         frame = int(frame) if frame not in (None, "") else None
-        for method in methods:
-            slug = METHODS[method]
+        for method, target in ((m, t) for t in (targets(row) if targets else [None]) for m in methods):
+            slug = METHODS[method] if target is None else f"{METHODS[method]}_{target}"
             overlay = row.get(f"{slug}_overlay")
+            finding_number = order.setdefault(target, len(order)) if target is not None else 0
             if not overlay:
                 continue
             bgr = cv2.imread(str(out / overlay), cv2.IMREAD_COLOR)
@@ -141,8 +150,9 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
             series_uid = series.setdefault(key, generate_uid())
             counters[series_uid] = counters.get(series_uid, 0) + 1
             dataset = secondary_capture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), source, series_uid=series_uid,
-                                        study_uid=study_uid, method=slug, instance=counters[series_uid],
-                                        frame=frame, label=str(row.get("explained_class") or row.get("label")))
+                                        study_uid=study_uid, method=METHODS[method], instance=counters[series_uid],
+                                        frame=frame, label=target or str(row.get("explained_class") or row.get("label")),
+                                        finding=target, finding_number=finding_number)
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
             target = out / "dicom" / (Path(overlay).stem + ".dcm")

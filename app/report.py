@@ -124,8 +124,8 @@ def _run_summary(run_dir: str | None) -> dict[str, Any]:
     if run.metrics_path.is_file():
         test = run.read_metrics().get("test", {})
         pooled = test.get("pooled", test)
-        summary["test"] = {k: pooled.get(k) for k in ("n", "accuracy", "auc", "sensitivity", "specificity",
-                                                      "dice", "ece") if pooled.get(k) is not None}
+        summary["test"] = {k: pooled.get(k) for k in ("n", "accuracy", "auc", "macro_auc", "micro_auc", "sensitivity",
+                                                      "specificity", "dice", "ece") if pooled.get(k) is not None}
         summary["test"].setdefault("n", test.get("n"))
     return summary
 
@@ -153,16 +153,19 @@ class _Files:
         return self._rel(atomic_write_bytes(self.folder / name, encoded.tobytes()))
 
 
-def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: tuple[int, int]) -> list[dict]:
-    """Explanation maps as coloured RGBA layers at the original's size."""
+def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: tuple[int, int],
+            targets: list[str | None] | None = None) -> list[dict]:
+    """Explanation maps as coloured RGBA layers at the original's size (one per method and target)."""
     layers = []
     height, width = shape
-    for slug, title in _METHODS:
+    for (method_slug, method_title), target in ((m, t) for t in (targets or [None]) for m in _METHODS):
+        slug = method_slug if target is None else f"{method_slug}_{target}"
+        title = method_title if target is None else f"{method_title}: {target}"
         map_path = row.get(f"{slug}_map")
         if not map_path or not (folder / map_path).is_file():
             continue
         saliency = resize_map(np.load(folder / map_path), (height, width))
-        if slug == "lime":
+        if method_slug == "lime":
             positive, negative = np.clip(saliency, 0, 1), np.clip(-saliency, 0, 1)
             rgb = np.zeros((height, width, 3), np.uint8)
             rgb[..., 1] = 255 * (positive > 0)
@@ -171,7 +174,7 @@ def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: 
         else:
             rgb = colorize(saliency)
             alpha = np.full((height, width), 255, np.uint8)
-        layer = {"name": title, "src": files.rgba(f"{case}.{slug}.png", rgb, alpha)}
+        layer = {"name": title, "src": files.rgba(f"{case}.{slug}.png", rgb, alpha), "target": target or ""}
         deletion = row.get(f"{slug}_deletion_auc")
         if deletion not in (None, ""):
             layer["deletion_auc"] = deletion
@@ -227,6 +230,8 @@ def write_report(
 
     class_names = list(predictions["class_names"]) if predictions else []
     threshold = predictions.get("threshold") if predictions else None
+    # A multi-label output folder lists its findings: a case shows each present finding with its maps.
+    findings = list((predictions or {}).get("findings") or [])
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     base = (predictions or {}).get("inputs_relative_to")
     seg_base = _seg_summary(seg_folder).get("inputs_relative_to")
@@ -257,7 +262,10 @@ def write_report(
             "truth": truth_map.get(resolved) or truth_map.get(Path(path).name) or "",
             "layers": [],
         }
-        if prediction is not None:
+        if prediction is not None and findings:
+            item.update(_finding_fields(prediction, findings, predictions.get("thresholds") or {}, margin))
+            item["layers"] += _layers(files, case, root, prediction, (height, width), list(findings))
+        elif prediction is not None:
             probabilities = {name: float(prediction.get(f"p_{name}", 0.0)) for name in class_names}
             item["label"] = prediction["label"]
             item["probability"] = probabilities[prediction["label"]]
@@ -269,6 +277,13 @@ def write_report(
             else:
                 item["uncertain"] = max(probabilities.values()) < 0.6
             item["probabilities"] = probabilities
+            if predictions.get("grades"):  # an ordinal run: the referable call beside the grade
+                referable = str(predictions.get("referable") or "")
+                p_ref = prediction.get(f"p_ge_{referable.replace('grade ≥ ', '')}")
+                if p_ref not in (None, ""):
+                    item["note"] = (f"P({referable}) = {float(p_ref):.3f}: "
+                                    f"{'referable' if str(prediction.get('referable')) == '1' else 'not referable'} "
+                                    f"at threshold {float(prediction.get('threshold') or 0.5):.3f}")
             item["layers"] += _layers(files, case, root, prediction, (height, width))
         if seg is not None:
             mask = cv2.imread(str(seg_folder / seg["mask"]), cv2.IMREAD_UNCHANGED)
@@ -290,6 +305,18 @@ def write_report(
     for problem in problems:
         log.info("report: %s", problem)
     return ReportResult(out_path, len(cases), sum(bool(c.get("uncertain")) for c in cases), problems)
+
+
+def _finding_fields(prediction: dict[str, Any], findings: list[str], thresholds: dict[str, Any],
+                    margin: float) -> dict[str, Any]:
+    """A multi-label case: the present findings, every probability, uncertain when one is near its threshold."""
+    probabilities = {f: float(prediction.get(f"p_{f}", 0.0)) for f in findings}
+    present = [f for f in findings if str(prediction.get(f"pos_{f}", "0")) in ("1", "1.0", "True")]
+    return {
+        "label": prediction["label"], "findings": present, "probabilities": probabilities,
+        "probability": max((probabilities[f] for f in present), default=max(probabilities.values(), default=0.0)),
+        "uncertain": any(abs(probabilities[f] - float(thresholds.get(f, 0.5))) < margin for f in findings),
+    }
 
 
 def _seg_summary(folder: Path) -> dict[str, Any]:
@@ -351,7 +378,7 @@ for clinical use. Heatmaps show what influenced the model, not where disease is.
 <section id="list">
 <div class="controls">
 <input id="filter" type="search" placeholder="filter by file or label" aria-label="filter">
-<select id="label" aria-label="predicted label"><option value="">all labels</option></select>
+<select id="label" aria-label="predicted label or finding"><option value="">all labels</option></select>
 <label><input id="uncertain" type="checkbox"> uncertain only</label>
 <span id="count"></span>
 </div>
@@ -387,12 +414,14 @@ function fmt(c, key) {
   if (typeof v === "number") return v.toFixed(3);
   return String(v).replace(/[&<>"]/g, s => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[s]));
 }
+// A single-label case has its label; a multi-label case each finding called present.
+function labelsOf(c) { return c.findings || (c.label ? [c.label] : []); }
 function visible() {
   const text = document.getElementById("filter").value.toLowerCase();
   const label = document.getElementById("label").value;
   const onlyUncertain = document.getElementById("uncertain").checked;
   let rows = cases.filter(c => (!text || (c.file + " " + (c.label || "") + " " + c.truth).toLowerCase().includes(text))
-    && (!label || c.label === label) && (!onlyUncertain || c.uncertain));
+    && (!label || labelsOf(c).includes(label)) && (!onlyUncertain || c.uncertain));
   if (sortKey) rows.sort((a, b) => {
     const x = value(a, sortKey), y = value(b, sortKey);
     if (x === y) return 0; if (x === null) return 1; if (y === null) return -1;
@@ -414,7 +443,9 @@ function show(id) {
   selected = id; const c = cases.find(x => x.id === id); render();
   const probs = c.probabilities ? Object.entries(c.probabilities).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ") : "";
   let out = `<h2 style="font-size:16px;margin:0 0 6px">${fmt(c, "file")}${c.frame ? " (frame " + c.frame + ")" : ""}</h2>`;
-  if (c.label !== undefined) out += `<p>Predicted <b>${fmt(c, "label")}</b> (${probs})${c.uncertain ? " — <span class=flag>near the decision threshold</span>" : ""}${c.truth ? "; ground truth " + fmt(c, "truth") : ""}.</p>`;
+  if (c.findings) out += `<p>Findings present: <b>${c.findings.length ? c.findings.join(", ") : "none"}</b> (${probs})${c.uncertain ? " — <span class=flag>a finding is near its threshold</span>" : ""}${c.truth ? "; ground truth " + fmt(c, "truth") : ""}.</p>`;
+  else if (c.label !== undefined) out += `<p>Predicted <b>${fmt(c, "label")}</b> (${probs})${c.uncertain ? " — <span class=flag>near the decision threshold</span>" : ""}${c.truth ? "; ground truth " + fmt(c, "truth") : ""}.</p>`;
+  if (c.note) out += `<p id="note">${String(c.note).replace(/[&<>"]/g, s => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[s]))}</p>`;
   out += `<label>layer opacity <input id="opacity" type="range" min="0" max="100" value="45"></label>`;
   out += `<div class="layers"><figure><a href="${c.original}" target="_blank"><div class="stack"><img src="${c.original}" alt="original" width="${c.width}" height="${c.height}"></div></a><figcaption>original, ${c.width}×${c.height} px (click for full resolution)</figcaption></figure>`;
   for (const l of c.layers) {
@@ -435,7 +466,7 @@ function checkImages() {
     document.body.dataset.ready = "1";
   });
 }
-for (const l of [...new Set(cases.map(c => c.label).filter(Boolean))].sort()) document.getElementById("label").insertAdjacentHTML("beforeend", `<option>${l}</option>`);
+for (const l of [...new Set(cases.flatMap(labelsOf))].sort()) document.getElementById("label").insertAdjacentHTML("beforeend", `<option>${l}</option>`);
 for (const id of ["filter", "label", "uncertain"]) document.getElementById(id).addEventListener("input", render);
 // #sort=KEY[:desc]&case=ID opens the page sorted and with a case shown (bookmarks, tests).
 const params = new URLSearchParams(location.hash.slice(1));

@@ -175,8 +175,8 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
     @app.get("/model")
     def model() -> dict[str, Any]:
         card = engine.run.card_path.read_text() if engine.run.card_path.is_file() else ""
-        keys = ("task", "class_names", "backbone", "architecture", "image_size", "threshold", "temperature",
-                "created", "keras_version")
+        keys = ("task", "class_names", "findings", "thresholds", "backbone", "architecture", "image_size", "threshold",
+                "temperature", "created", "keras_version")
         return {"run": engine.run.root.name, **{k: engine.state[k] for k in keys if k in engine.state},
                 "model_card": card}
 
@@ -198,13 +198,15 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
             frames = []
             for row in result.rows:
                 item: dict[str, Any] = {"frame": row["frame"] if row["frame"] != "" else None, "label": row["label"],
-                                        "probabilities": {c: row[f"p_{c}"] for c in engine.model.class_names}}
+                                        "probabilities": {c: row[f"p_{c}"] for c in engine.model.class_names},
+                                        **engine.model.row_summary(row)}
                 if methods:
-                    item["explained_class"] = row.get("explained_class")
-                    item["explanations"] = {
-                        method: {"overlay_png_base64": _b64(folder / "out" / row[f"{slug}_overlay"]),
-                                 "peak": [row[f"{slug}_peak_row"], row[f"{slug}_peak_col"]]}
-                        for method, slug in _slugs(methods)}
+                    targets = engine.model.explained_targets(row)
+                    if targets == [None]:
+                        item["explained_class"] = row.get("explained_class")
+                        item["explanations"] = _explanations(row, methods, folder / "out", None)
+                    else:  # one set of maps per finding explained
+                        item["explanations"] = {t: _explanations(row, methods, folder / "out", t) for t in targets}
                 frames.append(item)
             return {"file": name, "label": frames[0]["label"], "probabilities": frames[0]["probabilities"],
                     "threshold": engine.model.threshold, "frames": frames,
@@ -251,6 +253,13 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                 .replace("{{EXPLAIN_OFF}}", explain_off))
 
     return app
+
+
+def _explanations(row: dict[str, Any], methods: tuple[str, ...], out: Path, target: str | None) -> dict[str, Any]:
+    """Overlay (base64 PNG) and peak of each method for one target of a row."""
+    keys = [(method, slug if target is None else f"{slug}_{target}") for method, slug in _slugs(methods)]
+    return {method: {"overlay_png_base64": _b64(out / row[f"{key}_overlay"]),
+                     "peak": [row[f"{key}_peak_row"], row[f"{key}_peak_col"]]} for method, key in keys}
 
 
 def _slugs(methods: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -310,8 +319,11 @@ async function send(file) {
   for (const frame of body.frames) {
     let html = "";
     if (frame.label !== undefined) {
-      html += `<p id="label">Predicted <b>${frame.label}</b>: ` + Object.entries(frame.probabilities).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ") + "</p>";
-      for (const [method, e] of Object.entries(frame.explanations || {})) html += `<img alt="${method}" src="data:image/png;base64,${e.overlay_png_base64}">`;
+      const said = frame.findings ? `Findings present <b>${frame.findings.join(", ") || "none"}</b>` : `Predicted <b>${frame.label}</b>`;
+      html += `<p id="label">${said}: ` + Object.entries(frame.probabilities).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ") + "</p>";
+      const maps = frame.findings ? Object.entries(frame.explanations || {}).flatMap(([f, per]) => Object.entries(per).map(([m, e]) => [`${m}: ${f}`, e]))
+                                  : Object.entries(frame.explanations || {});
+      for (const [name, e] of maps) html += `<img alt="${name}" title="${name}" src="data:image/png;base64,${e.overlay_png_base64}">`;
     } else {
       html += `<p id="label">Segmented ${(100 * frame.foreground_fraction).toFixed(2)} % (${frame.components} region(s))</p>`;
       html += `<img alt="overlay" src="data:image/png;base64,${frame.overlay_png_base64}">`;

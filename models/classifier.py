@@ -28,6 +28,7 @@ import keras
 
 from medlens.models import multilabel as _multilabel  # noqa: F401  (registers the multi-label loss for loading)
 from medlens.models.backbones import backbone_blocks, build_backbone
+from medlens.models.ordinal import CumulativeHead
 from medlens.pipelines.errors import ConfigError
 
 __all__ = [
@@ -60,6 +61,7 @@ def build_classifier(
     name: str | None = None,
     head_norm: str = "batchnorm",
     multilabel: bool = False,
+    ordinal: bool = False,
 ) -> keras.Model:
     """Build ``image → backbone → pooling → head → probabilities``.
 
@@ -67,7 +69,9 @@ def build_classifier(
     (``head_norm``), ``Dropout(dropout)``, ``Dense(dense_units, relu)`` and a second
     ``Dropout`` (both skipped when ``dense_units`` is 0), then ``Dense(1, sigmoid)``
     for two classes or ``Dense(num_classes, softmax)``; with ``multilabel``,
-    ``Dense(num_classes, sigmoid)``: one independent probability per finding.
+    ``Dense(num_classes, sigmoid)``: one independent probability per finding; with
+    ``ordinal``, :class:`~medlens.models.ordinal.CumulativeHead`: ``P(grade ≥ k)`` for
+    ``k = 1 … num_classes - 1``, never increasing in ``k``.
 
     Why the normalisation: pooled features of a real pretrained backbone are
     heavy-tailed and far from unit scale (VGG16 block5, avg-pooled: mean 3.5, sd 10.7,
@@ -90,6 +94,7 @@ def build_classifier(
             ``"none"``.
         multilabel: ``num_classes`` findings, each present or not (see
             :mod:`medlens.models.multilabel` for the loss).
+        ordinal: ``num_classes`` ordered grades (see :mod:`medlens.models.ordinal`).
 
     Returns:
         An uncompiled Functional model with input ``"image"``, the nested backbone
@@ -129,7 +134,9 @@ def build_classifier(
         x = keras.layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout2")(x)
-    if multilabel:
+    if ordinal:
+        outputs = CumulativeHead(num_classes, name="probabilities")(x)
+    elif multilabel:
         outputs = keras.layers.Dense(num_classes, activation="sigmoid", name="probabilities")(x)
     elif num_classes == 2:
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)

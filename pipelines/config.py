@@ -31,6 +31,8 @@ __all__ = [
     "RunConfig",
     "FindingsDataConfig",
     "MultiLabelRunConfig",
+    "GradeEvalConfig",
+    "OrdinalRunConfig",
     "SegDataConfig",
     "SegModelConfig",
     "SegEvalConfig",
@@ -187,6 +189,25 @@ class MultiLabelRunConfig(RunConfig):
 
     task: str = "multilabel"
     data: FindingsDataConfig = field(default_factory=FindingsDataConfig)
+
+
+@dataclass
+class GradeEvalConfig(EvalConfig):
+    """An ordinal run's evaluation: the referable operating point ``grade ≥ referable``.
+
+    ``referable`` indexes ``data.class_names`` (DR: 2 = moderate or worse); its threshold on
+    ``P(grade ≥ referable)`` is chosen on validation by ``threshold``.
+    """
+
+    referable: int = 2
+
+
+@dataclass
+class OrdinalRunConfig(RunConfig):
+    """An ordinal run: ordered grades, a cumulative (rank-consistent) head."""
+
+    task: str = "ordinal"
+    evaluate: GradeEvalConfig = field(default_factory=GradeEvalConfig)
 
 
 @dataclass
@@ -551,6 +572,19 @@ def _validate_multilabel(cfg: MultiLabelRunConfig) -> None:
         raise ConfigError(f"config key 'data.findings' names a finding twice: {data.findings}")
 
 
+def _validate_ordinal(cfg: OrdinalRunConfig) -> None:
+    _validate(cfg)
+    grades = len(cfg.data.class_names)
+    if grades and grades < 3:
+        raise ConfigError(f"config key 'data.class_names' names {grades} grades; an ordinal run needs at least 3 "
+                          "(use task: classification for two)")
+    if cfg.evaluate.referable < 1 or (grades and cfg.evaluate.referable >= grades):
+        raise ConfigError(f"config key 'evaluate.referable' is {cfg.evaluate.referable}; it must be a grade index in "
+                          f"1..{(grades - 1) if grades else 'K-1'}")
+    if cfg.data.balanced_sampling and cfg.data.class_weights:
+        raise ConfigError("choose one of data.balanced_sampling and data.class_weights")
+
+
 def load_config(
     source: str | Path | dict[str, Any] | None = None,
     overrides: list[str] | None = None,
@@ -623,7 +657,8 @@ def build_and_validate(cls: type, tree: dict[str, Any]) -> Any:
     return cfg
 
 
-_VALIDATORS = {RunConfig: _validate, SegRunConfig: _validate_seg, MultiLabelRunConfig: _validate_multilabel}
+_VALIDATORS = {RunConfig: _validate, SegRunConfig: _validate_seg, MultiLabelRunConfig: _validate_multilabel,
+               OrdinalRunConfig: _validate_ordinal}
 
 
 def config_to_dict(cfg: RunConfig | SegRunConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
+from medlens.models.ordinal import decode_grades, grade_probabilities
 from medlens.pipelines.calibration import apply_temperature
 from medlens.pipelines.data import prepare_image
 from medlens.pipelines.errors import ConfigError, ImageReadError, MedlensError
@@ -39,7 +40,7 @@ from medlens.pipelines.rundir import (
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 from medlens.pipelines.tasks import require_command
 
-__all__ = ["MultiLabelPredictor", "PredictResult", "Predictor", "expand_inputs", "load_predictor", "parse_findings",
+__all__ = ["MultiLabelPredictor", "OrdinalPredictor", "PredictResult", "Predictor", "expand_inputs", "load_predictor", "parse_findings",
            "predict_paths", "read_records"]
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,15 @@ class Predictor:
         """The ``predictions.csv`` columns an explanation adds."""
         return column_names(options)
 
+    # reading a written row back (service, report) ------------------------------------------
+    def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What a row says beyond label and probabilities (nothing for single-label runs)."""
+        return {}
+
+    def explained_targets(self, row: dict[str, Any]) -> list[str | None]:
+        """The targets a row's explanation columns are named by (None: unprefixed ``<method>_*``)."""
+        return [None]
+
 
 class MultiLabelPredictor(Predictor):
     """A multi-label run: one probability per finding and a threshold per finding.
@@ -248,10 +258,80 @@ class MultiLabelPredictor(Predictor):
     def explained_fields(self, targets: list[int]) -> dict[str, Any]:
         return {"explained_findings": "|".join(self.findings[t] for t in targets)}
 
+    def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"findings": [f for f in self.findings if str(row.get(f"pos_{f}")) in ("1", "True")],
+                "thresholds": self.thresholds}
+
+    def explained_targets(self, row: dict[str, Any]) -> list[str | None]:
+        return [name for name in str(row.get("explained_findings") or "").split("|") if name]
+
     def explain_columns(self, options: ExplainOptions) -> list[str]:
         chosen = self.chosen_targets(options)
         names = self.findings if chosen is None else [self.findings[k] for k in chosen]
         return ["explained_findings", *[c for name in names for c in column_names(options, target=name)]]
+
+
+class OrdinalPredictor(Predictor):
+    """An ordinal run: the model gives ``P(grade ≥ k)``; rows show the grade and the referable call.
+
+    Rows carry ``label`` (the grade's name), ``grade`` (its index), ``p_<grade>`` (``P(grade = k)``),
+    ``p_ge_<grade>`` (``P(grade ≥ k)``, k ≥ 1), ``referable`` (0/1: ``P(grade ≥ referable)`` at or
+    above the validation threshold) and ``threshold``. Explanations explain ``P(grade ≥ referable)``
+    (``--class NAME``: ``P(grade ≥ NAME)``).
+    """
+
+    def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
+        super().__init__(run_dir, model=model)
+        self.referable = int(self.state.get("referable_grade", 1))
+
+    def calibrate(self, output: np.ndarray) -> np.ndarray:
+        return self.scores(output)
+
+    def scores(self, output: np.ndarray) -> np.ndarray:
+        values = np.asarray(output, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.class_names) - 1:
+            raise ValueError(f"expected N×{len(self.class_names) - 1} cumulative probabilities, got {values.shape}")
+        return values
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        return self.class_names[int(decode_grades(probabilities[None])[0])]
+
+    def columns(self) -> list[str]:
+        return ["label", "grade", *[f"p_{n}" for n in self.class_names],
+                *[f"p_ge_{n}" for n in self.class_names[1:]], "referable", "threshold"]
+
+    def fields(self, probabilities: np.ndarray) -> dict[str, Any]:
+        grade = int(decode_grades(probabilities[None])[0])
+        row: dict[str, Any] = {"label": self.class_names[grade], "grade": grade}
+        row.update({f"p_{n}": round(float(p), 6)
+                    for n, p in zip(self.class_names, grade_probabilities(probabilities[None])[0], strict=True)})
+        row.update({f"p_ge_{n}": round(float(p), 6) for n, p in zip(self.class_names[1:], probabilities, strict=True)})
+        cut = 0.5 if self.threshold is None else float(self.threshold)
+        row["referable"] = int(probabilities[self.referable - 1] >= cut)
+        row["threshold"] = round(cut, 6)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "grades": self.class_names, "threshold": self.threshold,
+                "referable": f"grade ≥ {self.class_names[self.referable]}"}
+
+    def chosen_targets(self, options: ExplainOptions) -> list[int] | None:
+        if options.class_name is None:
+            return None
+        if options.class_name not in self.class_names[1:]:
+            raise ConfigError(f"--class {options.class_name!r}: explain P(grade ≥ NAME) for one of "
+                              f"{', '.join(self.class_names[1:])}")
+        return [self.class_names.index(options.class_name) - 1]
+
+    def explain_targets(self, probabilities: np.ndarray, chosen: list[int] | None) -> list[list[int]]:
+        return [list(chosen) if chosen else [self.referable - 1] for _ in probabilities]
+
+    def explained_fields(self, targets: list[int]) -> dict[str, Any]:
+        return {"explained_class": f"grade ≥ {self.class_names[targets[0] + 1]}" if targets else ""}
+
+    def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"grade": row.get("grade"), "referable": row.get("referable"),
+                "p_referable": row.get(f"p_ge_{self.class_names[self.referable]}")}
 
 
 def load_predictor(run_dir: str | Path) -> Predictor:

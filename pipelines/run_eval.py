@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 def load_run_model(run_dir: str | Path) -> keras.Model:
     """Load ``model.keras`` from a finished run directory."""
-    from medlens.models import multilabel  # noqa: F401  (registers the multi-label loss and metric)
+    from medlens.models import multilabel, ordinal  # noqa: F401  (register their losses, metrics and head)
 
     run = RunDir(run_dir).require()
     try:

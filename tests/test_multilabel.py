@@ -4,7 +4,9 @@ and a run trained on phantoms with several lesion types whose maps point at each
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -194,7 +196,7 @@ def findings_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, tmp_path, capsys):
+def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, shared_data, tmp_path, capsys):
     from medlens.pipelines.rundir import RunDir
 
     run = RunDir(findings_run)
@@ -234,6 +236,60 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
             assert len(hits) >= 25
             # Measured on fresh phantoms: Grad-CAM 0.925 / 0.951 / 1.0, Grad-CAM++ 0.925 / 0.683 / 1.0.
             assert np.mean(hits) >= bar, (slug, finding, np.mean(hits), len(hits))
+
+    # The report: each case lists its present findings, a map per finding, and the filter offers findings.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)
+                      .group(1).replace("<\\/", "</"))
+    by_file = {r["path"].split("/")[-1]: r for r in rows}
+    for case in data["cases"]:
+        present = [f for f in FINDINGS if by_file[case["file"]][f"pos_{f}"] == "1"]
+        assert case["findings"] == present
+        assert sorted(layer["name"] for layer in case["layers"]) == sorted(
+            f"{title}: {f}" for f in present for title in ("Grad-CAM", "Grad-CAM++"))
+        assert all((out / layer["src"]).is_file() for layer in case["layers"])
+    from test_report import _Table, browse
+
+    done = browse((out / "report.html").as_uri(), tmp_path, "--dump-dom")
+    table = _Table()
+    table.feed(done.stdout)
+    assert table.body.get("data-ready") == "1" and table.body.get("data-broken") == "0", table.body
+    assert all(f"<option>{finding}</option>" in done.stdout for finding in FINDINGS)
+
+    # DICOM export: one Secondary Capture per finding and frame, one series per finding, in the source study.
+    import pydicom
+
+    source = shared_data / "dicom_samples" / "emri_small.dcm"
+    dicom_out = tmp_path / "dicom"
+    assert main(["predict", str(findings_run), str(source), "--out", str(dicom_out), "--explain", "gradcam",
+                 "--findings", "all", "--dicom"]) == 0
+    written = sorted((dicom_out / "dicom").glob("*.dcm"))
+    frames = int(pydicom.dcmread(source, stop_before_pixels=True).NumberOfFrames)
+    assert len(written) == frames * len(FINDINGS)
+    objects = [pydicom.dcmread(path) for path in written]
+    study = pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
+    assert {o.StudyInstanceUID for o in objects} == {study}
+    series = {}
+    for o in objects:
+        series.setdefault(o.SeriesInstanceUID, set()).add(o.SeriesDescription)
+    assert len(series) == len(FINDINGS) and all(len(d) == 1 for d in series.values())
+    assert {next(iter(d)) for d in series.values()} == {f"medlens Grad-CAM {f} (decision support)" for f in FINDINGS}
+
+    # The service returns the findings present and a map per finding.
+    from fastapi.testclient import TestClient
+
+    from medlens.app.service import ServiceSettings, create_app
+
+    with TestClient(create_app(findings_run, ServiceSettings(explain=("gradcam",)))) as client:
+        assert client.get("/model").json()["findings"] == list(FINDINGS)
+        image = fresh / "images" / next(name for name, r in sorted(by_file.items()) if int(r["findings"]) >= 2)
+        body = client.post("/predict", files={"file": (image.name, image.read_bytes(), "image/png")}).json()
+        frame, row = body["frames"][0], by_file[image.name]
+        assert frame["findings"] == [f for f in FINDINGS if row[f"pos_{f}"] == "1"] and frame["label"] == row["label"]
+        assert set(frame["probabilities"]) == set(FINDINGS) and set(frame["thresholds"]) == set(FINDINGS)
+        assert set(frame["explanations"]) == set(frame["findings"]) and len(frame["findings"]) >= 2
+        assert all(e["gradcam"]["overlay_png_base64"] for e in frame["explanations"].values())
 
     # Named findings: only their columns; an unknown name is a one-line error.
     named = tmp_path / "named"

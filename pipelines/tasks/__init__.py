@@ -17,13 +17,15 @@ from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.tasks.base import Task
 from medlens.pipelines.tasks.classification import ClassificationTask
 from medlens.pipelines.tasks.multilabel import MultiLabelTask
+from medlens.pipelines.tasks.ordinal import OrdinalTask
 from medlens.pipelines.tasks.segmentation import SegmentationTask
 
 __all__ = ["TASKS", "DEFAULT_TASK", "Task", "require_command", "task_named", "task_of_run"]
 
 DEFAULT_TASK = "classification"
 
-TASKS: dict[str, Task] = {task.name: task for task in (ClassificationTask(), MultiLabelTask(), SegmentationTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ClassificationTask(), MultiLabelTask(), OrdinalTask(),
+                                                        SegmentationTask())}
 
 
 def task_named(name: Any) -> Task:

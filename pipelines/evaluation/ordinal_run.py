@@ -1,0 +1,116 @@
+"""Evaluate an ordinal run: the referable threshold on validation, metrics per split, model card.
+
+``metrics.json`` has every task's shape (``schema``, one entry per split, ``threshold: {value,
+method, chosen_on}``), the threshold being the one on ``P(grade ≥ referable)``; ``run.json``
+gains ``threshold`` (what :class:`~medlens.pipelines.predict.OrdinalPredictor` applies).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from medlens.models.backbones import preprocess_function
+from medlens.pipelines.config import load_config
+from medlens.pipelines.data import ClassificationSequence, Dataset
+from medlens.pipelines.evaluate import choose_threshold
+from medlens.pipelines.evaluation.ordinal import ordinal_metrics
+from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
+
+__all__ = ["evaluate_ordinal_run", "predict_cumulative", "write_ordinal_card"]
+
+log = logging.getLogger(__name__)
+
+
+def predict_cumulative(model: keras.Model, source: Any, cfg: Any) -> np.ndarray:
+    """``(N, K-1)`` ``P(grade ≥ k)`` for every image of a source, in order."""
+    sequence = ClassificationSequence(source, image_size=tuple(cfg.data.image_size), batch_size=cfg.data.batch_size,
+                                      preprocess=preprocess_function(cfg.model.backbone), num_classes=3,
+                                      cache=False, images_only=True)
+    return np.concatenate([np.asarray(model.predict_on_batch(sequence[i]), np.float64) for i in range(len(sequence))])
+
+
+def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: keras.Model | None = None,
+                         dataset: Dataset | None = None, cfg: Any = None) -> dict[str, Any]:
+    """Choose the referable threshold on validation, score ``split``, update ``metrics.json``."""
+    from medlens.pipelines.data import load_dataset
+    from medlens.pipelines.run_eval import load_run_model
+
+    run = RunDir(run_dir)
+    if model is None:
+        run.require()
+        model = load_run_model(run.root)
+    cfg = cfg or load_config(run.read_config())
+    dataset = dataset or load_dataset(cfg.data, seed=cfg.seed)
+    names, referable = list(dataset.class_names), cfg.evaluate.referable
+    state = run.read_state()
+    val = dataset.splits["val"]
+    val_cumulative = predict_cumulative(model, val, cfg)
+    val_grades = np.asarray(val.labels)
+    threshold = round(choose_threshold((val_grades >= referable).astype(int), val_cumulative[:, referable - 1],
+                                       method=cfg.evaluate.threshold,
+                                       target_sensitivity=cfg.evaluate.target_sensitivity), 6)
+    state.update(threshold=threshold, threshold_method=cfg.evaluate.threshold, referable_grade=referable)
+    run.write_state(state)
+    source = dataset.splits[split]
+    cumulative = val_cumulative if split == "val" else predict_cumulative(model, source, cfg)
+    metrics = ordinal_metrics(source.labels, cumulative, names, referable=referable, threshold=threshold, seed=cfg.seed)
+    everything = run.read_metrics()
+    everything[split] = metrics
+    everything["val"] = ordinal_metrics(val_grades, val_cumulative, names, referable=referable, threshold=threshold,
+                                        seed=cfg.seed)
+    everything["threshold"] = {**threshold_record(threshold, cfg.evaluate.threshold),
+                               "of": f"P(grade {metrics['referable']['grade']})"}
+    everything["calibration"] = {"method": "none"}
+    run.write_metrics(everything)
+    log.info("%s: QWK %.3f, accuracy %.3f, macro AUC %s", split, metrics["qwk"], metrics["accuracy"], metrics["auc"])
+    return metrics
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def write_ordinal_card(run_dir: str | Path) -> Path:
+    """``model_card.md`` of an ordinal run."""
+    run = RunDir(run_dir)
+    cfg, state, metrics = run.read_config(), run.read_state(), run.read_metrics()
+    test = metrics.get("test", {})
+    ref = test.get("referable", {})
+    ci = test.get("qwk_ci95")
+    lines = [
+        f"# Model card: {cfg.get('name', run.root.name)}", "",
+        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
+        "reviewed by a qualified clinician.", "",
+        "## Model",
+        f"- Task: ordinal grades {' < '.join(state.get('class_names', []))}; cumulative head P(grade ≥ k), "
+        "rank-consistent (shared weights, ordered thresholds), predicted grade = thresholds passed at 0.5",
+        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
+        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB; {state.get('epochs_run')} epochs, best epoch "
+        f"{state.get('best_epoch')}; Keras {state.get('keras_version')} on {state.get('keras_backend')}",
+        "",
+        "## Data",
+        f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}",
+        f"- Grade counts per split: {state.get('data_report', {}).get('class_counts')}",
+        "",
+        "## Test results",
+        f"- n = {test.get('n')}, quadratic weighted kappa {_fmt(test.get('qwk'))}"
+        + (f" (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
+        + f", MAE {_fmt(test.get('mae'))}, accuracy {_fmt(test.get('accuracy'))}, macro AUC (one-vs-rest) "
+        f"{_fmt(test.get('auc'))}",
+        f"- Referable (grade {ref.get('grade')}): AUC {_fmt(ref.get('auc'))}; at threshold {_fmt(ref.get('threshold'))} "
+        f"on P(grade {ref.get('grade')}) (chosen on validation by {state.get('threshold_method')}): sensitivity "
+        f"{_fmt(ref.get('sensitivity'))}, specificity {_fmt(ref.get('specificity'))}, prevalence "
+        f"{_fmt(ref.get('prevalence'))}",
+        f"- Confusion matrix (rows true, columns predicted): {test.get('confusion_matrix')}",
+        "",
+        "## Limits",
+        "- Evaluated only on the test split above; other cameras, sites and populations are unknown.",
+        "- Probabilities are not calibrated.",
+        "",
+    ]
+    return atomic_write_text(run.card_path, "\n".join(lines))

@@ -20,7 +20,7 @@ Example:
     >>> truth = np.array([[1.0, -1.0]], "float32")
     >>> a = float(loss(truth, np.array([[0.9, 0.01]], "float32")))
     >>> b = float(loss(truth, np.array([[0.9, 0.99]], "float32")))  # the missing label is ignored
-    >>> round(a, 4) == round(b, 4) == round(-np.log(0.9), 4)
+    >>> round(a, 4) == round(b, 4) == round(float(-np.log(0.9)), 4)
     True
 """
 

@@ -10,7 +10,7 @@ from medlens.pipelines.tasks import TASKS, Task, task_named, task_of_run
 
 
 def test_every_task_implements_the_interface() -> None:
-    assert set(TASKS) == {"classification", "multilabel", "segmentation"}
+    assert set(TASKS) == {"classification", "multilabel", "ordinal", "segmentation"}
     interface = [name for name, value in vars(Task).items() if callable(value) and not name.startswith("_")]
     for name, task in TASKS.items():
         assert task.name == name and task.batch_command and task.endpoint.startswith("/")

@@ -478,8 +478,10 @@ def _parse_labels(
         count = max(numbers) + 1
         if cfg.class_names:
             if count > len(cfg.class_names):
+                line = next(i for i, n in enumerate(numbers) if n >= len(cfg.class_names)) + 2
                 raise DatasetError(
-                    f"{manifest}: label {count - 1} but only {len(cfg.class_names)} class_names"
+                    f"{manifest} line {line}: label {numbers[line - 2]} but only {len(cfg.class_names)} class_names "
+                    f"(0..{len(cfg.class_names) - 1})"
                 )
             return numbers, list(cfg.class_names)
         # A "class_name" column that maps labels one-to-one names the classes.

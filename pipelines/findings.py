@@ -198,7 +198,7 @@ def _load_npz(cfg: FindingsDataConfig, seed: int) -> Dataset:
         bad = ~np.isin(values, (0.0, 1.0))
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
-            raise DatasetError(f"{path}: {name} labels hold {values[bad][0]!r} (row {row}); expected 0 or 1")
+            raise DatasetError(f"{path}: {name} labels hold {float(values[bad][0])} (row {row}); expected 0 or 1")
     findings = list(cfg.findings) or [str(i) for i in range(width)]
     if len(findings) != width:
         raise DatasetError(f"{path}: {width} label columns but data.findings names {len(findings)}")

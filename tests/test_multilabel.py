@@ -306,3 +306,22 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
     assert main(["evaluate", str(findings_run), "--split", "val"]) == 0
     printed = capsys.readouterr().out
     assert "macro_auc" in printed and "auc cyst" in printed
+
+
+def test_multilabel_npz_as_chestmnist_lays_it_out(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = {}
+    for split, count in (("train", 40), ("val", 10), ("test", 10)):
+        parts[f"{split}_images"] = rng.integers(0, 255, (count, 28, 28), dtype=np.uint8)
+        parts[f"{split}_labels"] = (rng.random((count, 3)) < 0.3).astype(np.uint8)
+    np.savez(tmp_path / "chest.npz", **parts)
+    cfg = load_config({"task": "multilabel", "data": {"kind": "npz", "npz": str(tmp_path / "chest.npz"),
+                                                      "findings": ["x", "y", "z"]}})
+    dataset = load_findings(cfg.data, seed=0)
+    assert dataset.report["splits_from"] == "given" and dataset.splits["train"].labels.shape == (40, 3)
+    np.testing.assert_array_equal(dataset.splits["test"].labels, parts["test_labels"])
+    bad = dict(parts, val_labels=np.full((10, 3), 2, np.uint8))
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(DatasetError, match=r"bad.npz: val labels hold 2.0 \(row 0\); expected 0 or 1"):
+        load_findings(load_config({"task": "multilabel", "data": {"kind": "npz", "npz": str(tmp_path / "bad.npz")}}
+                                  ).data, seed=0)

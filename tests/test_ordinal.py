@@ -131,3 +131,17 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
         assert frame["grade"] == int(rows[0]["grade"]) and frame["label"] == rows[0]["label"]
         assert frame["p_referable"] == pytest.approx(float(rows[0]["p_ge_grade2"]))
     keras.backend.clear_session()
+
+
+def test_a_grade_outside_the_scale_names_its_line(tmp_path, phantom_dir):
+    from medlens.pipelines.errors import DatasetError
+    from medlens.pipelines.tasks import TASKS
+
+    image = sorted((phantom_dir / "lesion").iterdir())[0]
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{image},{g}\n" for g in (0, 1, 2, 7, 1)))
+    cfg = load_config({"task": "ordinal", "evaluate": {"referable": 1},
+                       "data": {"kind": "csv", "root": str(tmp_path), "manifest": "m.csv",
+                                "class_names": ["none", "mild", "severe"], "dedupe": False}})
+    with pytest.raises(DatasetError, match=r"m.csv line 5: label 7 but only 3 class_names \(0..2\)") as caught:
+        TASKS["ordinal"].load_data(cfg.data, seed=0)
+    assert "\n" not in str(caught.value)

@@ -167,11 +167,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     model = SegModel(args.run)
     out = Path(args.out) if args.out else Path(args.run) / "segmentations" / time.strftime("%Y%m%d-%H%M%S")
-    files, _ = select_shard(expand_inputs(args.inputs)[0], shard)
+    expanded = expand_inputs(args.inputs)  # walked once: for the progress bar and for the batch
+    files, _ = select_shard(expanded[0], shard)
     with _progress_bar(len(files), "segment") as bar:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
                                explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
-                               shard=shard)
+                               shard=shard, expanded=expanded)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     _maybe_report(args, result.out_dir)
@@ -216,11 +217,12 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     predictor = load_predictor(args.run)
     out = Path(args.out) if args.out else Path(args.run) / default_folder / time.strftime("%Y%m%d-%H%M%S")
-    files, _ = select_shard(expand_inputs(args.inputs)[0], shard)
+    expanded = expand_inputs(args.inputs)  # walked once: for the progress bar and for the batch
+    files, _ = select_shard(expanded[0], shard)
     with _progress_bar(len(files), desc) as bar:
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=bar.update, predictor=predictor,
-                               explain=explain, resume=args.resume, shard=shard)
+                               explain=explain, resume=args.resume, shard=shard, expanded=expanded)
     print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if explain is not None and result.rows:

@@ -384,6 +384,7 @@ def predict_paths(
     resume: bool = False,
     flush_every: int = 20,
     shard: tuple[int, int] | None = None,
+    expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
 ) -> PredictResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
@@ -409,6 +410,8 @@ def predict_paths(
         flush_every: rewrite the tables after this many batches, so an interrupted batch can resume.
         shard: ``(I, N)``: process only shard I of N and write to ``out_dir/shard-I-of-N``
             (see :mod:`medlens.pipelines.shards`; ``medlens merge`` joins the shards).
+        expanded: ``expand_inputs(inputs)`` already computed by the caller (the CLI sizes its
+            progress bar with it), so the inputs are walked once.
     """
     predictor = predictor or load_predictor(run_dir)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
@@ -417,7 +420,7 @@ def predict_paths(
         explain = explainer.options
     elif explain is not None:
         explainer = Explainer(predictor, explain, out)
-    everything, errors = expand_inputs(inputs)
+    everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     files, positions = select_shard(everything, shard)  # sorted: the same order sharded or not
     order = {str(path): index for index, path in enumerate(files)}
     previous = _previous_rows(out, explain) if resume else {}

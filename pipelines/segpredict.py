@@ -120,6 +120,7 @@ def segment_paths(
     model: SegModel | None = None,
     flush_every: int = 10,
     shard: tuple[int, int] | None = None,
+    expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -136,6 +137,8 @@ def segment_paths(
         flush_every: Rewrite ``segmentation.csv`` after this many files.
         shard: ``(I, N)``: only shard I of N, into ``out_dir/shard-I-of-N`` (see
             :mod:`medlens.pipelines.shards`).
+        expanded: ``expand_inputs(inputs)`` already computed by the caller (the CLI sizes its
+            progress bar with it), so the inputs are walked once.
 
     Raises:
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
@@ -145,7 +148,7 @@ def segment_paths(
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     previous = _previous_rows(out) if resume else {}
     explainer = _Explainer(model) if explain else None
-    everything, errors = expand_inputs(inputs)
+    everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     files, positions = select_shard(everything, shard)
     columns = COLUMNS + (["explanation"] if explain else [])
     rows: list[dict[str, Any]] = []

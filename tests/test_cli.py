@@ -194,3 +194,20 @@ def test_train_shows_one_summary_line_per_epoch_and_keras_lines_only_when_verbos
     assert main(["--verbose", "train", str(config), "--out", str(tmp_path / "loud")]) == 0
     loud = capsys.readouterr().out
     assert "step - " in loud and not any(line.startswith("phase 1  epoch") for line in loud.splitlines())
+
+
+def test_predict_walks_its_inputs_once(tiny_run, phantom_dir, tmp_path, monkeypatch):
+    import medlens.pipelines.predict as predict_module
+
+    calls = []
+    original = predict_module.expand_inputs
+
+    def counting(inputs):
+        calls.append(list(inputs))
+        return original(inputs)
+
+    monkeypatch.setattr(predict_module, "expand_inputs", counting)
+    assert main(["predict", str(tiny_run), str(phantom_dir / "lesion"), "--out", str(tmp_path / "out")]) == 0
+    assert len(calls) == 1  # the progress bar and the batch share one walk of the folder
+    rows = (tmp_path / "out" / "predictions.csv").read_text().strip().splitlines()
+    assert len(rows) - 1 == len(list((phantom_dir / "lesion").iterdir()))

@@ -565,7 +565,8 @@ def _resolve(path_text: str, what: str) -> Path:
     return Path(path_text).expanduser()
 
 
-def _load_npz(cfg: DataConfig, seed: int) -> Dataset:
+def read_npz_splits(cfg: DataConfig) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """``data.npz`` (relative to ``data.root`` when not found as given) read: its path, parts and splits present."""
     path = _resolve(cfg.npz, "npz")
     if not path.is_absolute() and cfg.root and not path.exists():
         path = Path(cfg.root).expanduser() / path
@@ -575,6 +576,11 @@ def _load_npz(cfg: DataConfig, seed: int) -> Dataset:
     names = [name for name in SPLITS if name in parts]
     if "train" not in names:
         raise DatasetError(f"{path}: no train split (found: {', '.join(sorted(parts)) or 'nothing'})")
+    return path, parts, names
+
+
+def _load_npz(cfg: DataConfig, seed: int) -> Dataset:
+    path, parts, names = read_npz_splits(cfg)
     for name in names:
         if np.ndim(parts[name][1]) == 2 and np.shape(parts[name][1])[1] > 1:
             raise DatasetError(f"{path}: {name} labels are multi-label; only single-label classification is supported")

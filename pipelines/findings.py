@@ -42,9 +42,9 @@ from medlens.pipelines.data import (
     _dedupe,
     _normalise_split,
     _resolve,
+    read_npz_splits,
 )
 from medlens.pipelines.errors import DatasetError
-from medlens.pipelines.io import read_npz
 
 __all__ = ["load_findings", "finding_counts", "parse_finding_value"]
 
@@ -181,15 +181,7 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
 
 
 def _load_npz(cfg: FindingsDataConfig, seed: int) -> Dataset:
-    path = _resolve(cfg.npz, "npz")
-    if not path.is_absolute() and cfg.root and not path.exists():
-        path = Path(cfg.root).expanduser() / path
-    if not path.is_file():
-        raise DatasetError(f"{path}: npz file not found")
-    parts = read_npz(path)
-    names = [name for name in SPLITS if name in parts]
-    if "train" not in names:
-        raise DatasetError(f"{path}: no train split (found: {', '.join(sorted(parts)) or 'nothing'})")
+    path, parts, names = read_npz_splits(cfg)
     labels = {name: np.asarray(parts[name][1], dtype=np.float32) for name in names}
     width = labels["train"].shape[1] if labels["train"].ndim == 2 else 1
     if width < 2 or any(v.ndim != 2 or v.shape[1] != width for v in labels.values()):

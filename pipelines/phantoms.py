@@ -57,19 +57,7 @@ def make_phantom(size: int, label: int, rng: np.random.Generator) -> Phantom:
     if size < 32:
         raise ValueError(f"phantom size must be at least 32 pixels, got {size}")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centre = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
-    axes = size * rng.uniform(0.38, 0.46, 2)
-    body = ((yy - centre[0]) / axes[0]) ** 2 + ((xx - centre[1]) / axes[1]) ** 2 <= 1.0
-
-    image = np.zeros((size, size), np.float32)
-    image[body] = 0.35
-    image += 0.06 * _smooth_noise(rng, size, 8) * body
-    # Vessel-like bright curves in every image, so brightness alone is no cue.
-    for _ in range(rng.integers(2, 5)):
-        points = rng.uniform(0.15, 0.85, (4, 2)) * size
-        curve = np.zeros((size, size), np.uint8)
-        cv2.polylines(curve, [points.astype(np.int32)], False, 255, thickness=1)
-        image += 0.25 * (curve > 0) * body
+    image, centre, axes = _body(size, rng, (0.38, 0.46))
 
     mask = np.zeros((size, size), np.uint8)
     lesion_centre: tuple[int, int] | None = None
@@ -94,15 +82,17 @@ def make_phantom(size: int, label: int, rng: np.random.Generator) -> Phantom:
     return Phantom(pixels, mask, label, lesion_centre, radius)
 
 
-def _body(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The textured body with vessel-like curves (no lesion): ``(image float32, centre, axes)``."""
+def _body(size: int, rng: np.random.Generator, axes_range: tuple[float, float] = (0.40, 0.46)
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The textured elliptical body with vessel-like curves (no lesion): ``(image float32, centre, axes)``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     centre = size / 2 + rng.uniform(-0.04, 0.04, 2) * size
-    axes = size * rng.uniform(0.40, 0.46, 2)
+    axes = size * rng.uniform(*axes_range, 2)
     body = ((yy - centre[0]) / axes[0]) ** 2 + ((xx - centre[1]) / axes[1]) ** 2 <= 1.0
     image = np.zeros((size, size), np.float32)
     image[body] = 0.35
     image += 0.06 * _smooth_noise(rng, size, 8) * body
+    # Vessel-like bright curves in every image, so brightness alone is no cue.
     for _ in range(rng.integers(2, 5)):
         points = rng.uniform(0.15, 0.85, (4, 2)) * size
         curve = np.zeros((size, size), np.uint8)

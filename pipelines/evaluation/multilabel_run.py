@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
-from medlens.pipelines.config import load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
+from medlens.pipelines.evaluation.runs import card_opening, fmt, run_parts
 from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
 
 __all__ = ["evaluate_multilabel_run", "predict_findings", "write_multilabel_card"]
@@ -42,14 +42,8 @@ def evaluate_multilabel_run(run_dir: str | Path, *, split: str = "test", model: 
         The metrics of ``split`` (see :func:`multilabel_metrics`).
     """
     from medlens.pipelines.findings import load_findings
-    from medlens.pipelines.run_eval import load_run_model
 
-    run = RunDir(run_dir)
-    if model is None:
-        run.require()
-        model = load_run_model(run.root)
-    cfg = cfg or load_config(run.read_config())
-    dataset = dataset or load_findings(cfg.data, seed=cfg.seed)
+    run, model, cfg, dataset = run_parts(run_dir, model, cfg, dataset, lambda data, seed: load_findings(data, seed))
     findings = list(dataset.class_names)
     state = run.read_state()
 
@@ -73,10 +67,6 @@ def evaluate_multilabel_run(run_dir: str | Path, *, split: str = "test", model: 
     return metrics
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
 def write_multilabel_card(run_dir: str | Path) -> Path:
     """``model_card.md`` of a multi-label run: the model, its data per finding, test metrics per finding."""
     run = RunDir(run_dir)
@@ -84,11 +74,7 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
     test = metrics.get("test", {})
     counts = state.get("data_report", {}).get("finding_counts", {})
     lines = [
-        f"# Model card: {cfg.get('name', run.root.name)}",
-        "",
-        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
-        "reviewed by a qualified clinician.",
-        "",
+        *card_opening(cfg, run),
         "## Model",
         f"- Task: multi-label findings ({len(state.get('findings', []))}): {', '.join(state.get('findings', []))}",
         f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
@@ -105,21 +91,21 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         f"- Rows skipped as unreadable: {state.get('data_report', {}).get('rows_skipped', 0)}",
         "",
         "## Test results",
-        f"- n = {test.get('n')}, macro AUC {_fmt(test.get('macro_auc'))} over {len(test.get('auc_findings', []))} "
-        f"findings with positives, micro AUC {_fmt(test.get('micro_auc'))}, mean AP "
-        f"{_fmt(test.get('mean_average_precision'))}",
+        f"- n = {test.get('n')}, macro AUC {fmt(test.get('macro_auc'))} over {len(test.get('auc_findings', []))} "
+        f"findings with positives, micro AUC {fmt(test.get('micro_auc'))}, mean AP "
+        f"{fmt(test.get('mean_average_precision'))}",
         "",
         "| finding | train +/−/missing | test n | prevalence | AUC (95% CI) | AP | threshold | sensitivity | specificity | ECE |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for finding, item in test.get("findings", {}).items():
         ci = item.get("auc_ci95")
-        auc = _fmt(item.get("auc")) + (f" ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
+        auc = fmt(item.get("auc")) + (f" ({fmt(ci[0])}–{fmt(ci[1])})" if ci else "")
         train = "/".join(str(v) for v in counts.get("train", {}).get(finding, []))
-        lines.append(f"| {finding} | {train} | {item['n']} | {_fmt(item.get('prevalence'))} | "
+        lines.append(f"| {finding} | {train} | {item['n']} | {fmt(item.get('prevalence'))} | "
                      f"{auc if item.get('auc') is not None else item.get('note', 'n/a')} | "
-                     f"{_fmt(item.get('average_precision'))} | {_fmt(item.get('threshold'))} | "
-                     f"{_fmt(item.get('sensitivity'))} | {_fmt(item.get('specificity'))} | {_fmt(item.get('ece'))} |")
+                     f"{fmt(item.get('average_precision'))} | {fmt(item.get('threshold'))} | "
+                     f"{fmt(item.get('sensitivity'))} | {fmt(item.get('specificity'))} | {fmt(item.get('ece'))} |")
     lines += [
         "",
         f"Thresholds chosen per finding on validation by {state.get('threshold_method')}.",

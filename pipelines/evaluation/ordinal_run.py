@@ -15,10 +15,10 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
-from medlens.pipelines.config import load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluate import choose_threshold
 from medlens.pipelines.evaluation.ordinal import ordinal_metrics
+from medlens.pipelines.evaluation.runs import card_opening, fmt, run_parts
 from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
 
 __all__ = ["evaluate_ordinal_run", "predict_cumulative", "write_ordinal_card"]
@@ -38,14 +38,8 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
                          dataset: Dataset | None = None, cfg: Any = None) -> dict[str, Any]:
     """Choose the referable threshold on validation, score ``split``, update ``metrics.json``."""
     from medlens.pipelines.data import load_dataset
-    from medlens.pipelines.run_eval import load_run_model
 
-    run = RunDir(run_dir)
-    if model is None:
-        run.require()
-        model = load_run_model(run.root)
-    cfg = cfg or load_config(run.read_config())
-    dataset = dataset or load_dataset(cfg.data, seed=cfg.seed)
+    run, model, cfg, dataset = run_parts(run_dir, model, cfg, dataset, lambda data, seed: load_dataset(data, seed))
     names, referable = list(dataset.class_names), cfg.evaluate.referable
     state = run.read_state()
     val = dataset.splits["val"]
@@ -71,10 +65,6 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
     return metrics
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
 def write_ordinal_card(run_dir: str | Path) -> Path:
     """``model_card.md`` of an ordinal run."""
     run = RunDir(run_dir)
@@ -83,9 +73,7 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
     ref = test.get("referable", {})
     ci = test.get("qwk_ci95")
     lines = [
-        f"# Model card: {cfg.get('name', run.root.name)}", "",
-        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
-        "reviewed by a qualified clinician.", "",
+        *card_opening(cfg, run),
         "## Model",
         f"- Task: ordinal grades {' < '.join(state.get('class_names', []))}; cumulative head P(grade ≥ k), "
         "rank-consistent (shared weights, ordered thresholds), predicted grade = thresholds passed at 0.5",
@@ -98,14 +86,14 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
         f"- Grade counts per split: {state.get('data_report', {}).get('class_counts')}",
         "",
         "## Test results",
-        f"- n = {test.get('n')}, quadratic weighted kappa {_fmt(test.get('qwk'))}"
-        + (f" (95% CI {_fmt(ci[0])}–{_fmt(ci[1])})" if ci else "")
-        + f", MAE {_fmt(test.get('mae'))}, accuracy {_fmt(test.get('accuracy'))}, macro AUC (one-vs-rest) "
-        f"{_fmt(test.get('auc'))}",
-        f"- Referable (grade {ref.get('grade')}): AUC {_fmt(ref.get('auc'))}; at threshold {_fmt(ref.get('threshold'))} "
+        f"- n = {test.get('n')}, quadratic weighted kappa {fmt(test.get('qwk'))}"
+        + (f" (95% CI {fmt(ci[0])}–{fmt(ci[1])})" if ci else "")
+        + f", MAE {fmt(test.get('mae'))}, accuracy {fmt(test.get('accuracy'))}, macro AUC (one-vs-rest) "
+        f"{fmt(test.get('auc'))}",
+        f"- Referable (grade {ref.get('grade')}): AUC {fmt(ref.get('auc'))}; at threshold {fmt(ref.get('threshold'))} "
         f"on P(grade {ref.get('grade')}) (chosen on validation by {state.get('threshold_method')}): sensitivity "
-        f"{_fmt(ref.get('sensitivity'))}, specificity {_fmt(ref.get('specificity'))}, prevalence "
-        f"{_fmt(ref.get('prevalence'))}",
+        f"{fmt(ref.get('sensitivity'))}, specificity {fmt(ref.get('specificity'))}, prevalence "
+        f"{fmt(ref.get('prevalence'))}",
         f"- Confusion matrix (rows true, columns predicted): {test.get('confusion_matrix')}",
         "",
         "## Limits",

@@ -202,6 +202,8 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
         faithfulness_steps=args.steps,
         masks=load_masks(args.masks) if args.masks else {},
         findings=args.findings,
+        ig_steps=args.ig_steps,
+        ig_baseline=args.ig_baseline,
     )
 
 
@@ -282,6 +284,8 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score each map by deletion and insertion AUC (RISE)")
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
+    g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
+    g.add_argument("--ig-baseline", default="black", choices=("black", "blur"), help="Integrated Gradients: baseline")
     g.add_argument("--findings", default="positive", metavar="positive|all|NAME,...",
                    help="multi-label runs: explain each image's positive findings (default), all, or these")
     _add_shard_argument(p)
@@ -417,14 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--explain", metavar="METHODS",
-                   help="explain every prediction: gradcam, gradcam++, lime (comma-separated)")
+                   help="explain every prediction: gradcam, gradcam++, lime, gradient, smoothgrad, ig (comma-separated)")
     _add_explain_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="predict and explain images with Grad-CAM, Grad-CAM++ or LIME")
     p.add_argument("run", help="run directory")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or lime (or several, comma-separated)")
+    p.add_argument("--method", default="gradcam",
+                   help="gradcam, gradcam++, lime, gradient, smoothgrad or ig (or several, comma-separated)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
     p.add_argument("--out", help="output folder (default RUN/explanations/TIMESTAMP)")
     p.add_argument("--resume", action="store_true",

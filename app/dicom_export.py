@@ -32,7 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from medlens.pipelines.explain import METHODS
+from medlens.pipelines.explain import METHODS, TITLES
 from medlens.pipelines.rundir import atomic_write_bytes
 
 __all__ = ["SECONDARY_CAPTURE", "export_overlays", "secondary_capture"]
@@ -43,7 +43,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                       "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName",
                       "StudyDescription")
-_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "lime": "LIME"}
+_TITLES = TITLES
 
 
 def _source_header(path: str) -> Dataset | None:

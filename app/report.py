@@ -35,6 +35,7 @@ import numpy as np
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.faithfulness import resize_map
 from medlens.pipelines.io import read_frames
+from medlens.pipelines.methods import TITLES
 from medlens.pipelines.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.rundir import RunDir, atomic_write_text
 
@@ -42,7 +43,7 @@ __all__ = ["write_report", "ReportResult"]
 
 log = logging.getLogger(__name__)
 
-_METHODS = (("gradcam", "Grad-CAM"), ("gradcampp", "Grad-CAM++"), ("lime", "LIME"))
+_METHODS = tuple(TITLES.items())
 _THUMB = 96
 
 

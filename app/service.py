@@ -182,7 +182,8 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
 
     @app.post("/predict")
     async def predict(file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
-                      explain: str = Query("default", description="gradcam, gradcam++, lime (comma-separated), or none")
+                      explain: str = Query("default", description="gradcam, gradcam++, lime, gradient, smoothgrad, ig "
+                                                                  "(comma-separated), or none")
                       ) -> dict[str, Any]:
         engine.require("/predict")
         methods = _methods(explain, settings)

@@ -43,18 +43,20 @@ from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
 from medlens.pipelines.io import ImageRecord, list_images, read_image
 from medlens.pipelines.lime import LimeExplainer
+from medlens.pipelines.methods import METHODS, TITLES
 from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
+from medlens.pipelines.saliency import IntegratedGradients, SmoothGrad, VanillaGradient
 
 if TYPE_CHECKING:  # pragma: no cover
     from medlens.pipelines.predict import Predictor
 
-__all__ = ["METHODS", "ExplainOptions", "Explainer", "parse_methods", "load_masks", "column_names"]
+__all__ = ["METHODS", "TITLES", "ExplainOptions", "Explainer", "parse_methods", "load_masks", "column_names"]
 
 log = logging.getLogger(__name__)
 
-#: Method name → file/column slug.
-METHODS: dict[str, str] = {"gradcam": "gradcam", "gradcam++": "gradcampp", "lime": "lime"}
-_CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+# Methods called like Grad-CAM (batch, class_index) → maps; LIME is the one that is not.
+_CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradient": VanillaGradient, "smoothgrad": SmoothGrad,
+         "ig": IntegratedGradients}
 _GREEN = np.array([0, 255, 0], np.uint8)
 _RED = np.array([255, 0, 0], np.uint8)
 
@@ -101,6 +103,10 @@ class ExplainOptions:
         masks: Stem (lower case) → mask file, for the pointing game (see :func:`load_masks`).
         findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
             or the comma-separated names given.
+        ig_steps: Integrated Gradients: points of the path integral.
+        ig_baseline: Integrated Gradients: ``black`` or ``blur``.
+        smoothgrad_samples: SmoothGrad: noisy copies per image.
+        smoothgrad_noise: SmoothGrad: noise sd as a fraction of the image's value range.
     """
 
     methods: tuple[str, ...] = ("gradcam",)
@@ -117,6 +123,10 @@ class ExplainOptions:
     faithfulness_steps: int = 20
     masks: dict[str, Path] = field(default_factory=dict)
     findings: str = "positive"
+    ig_steps: int = 32
+    ig_baseline: str = "black"
+    smoothgrad_samples: int = 16
+    smoothgrad_noise: float = 0.15
 
 
 def load_masks(folder: str | Path) -> dict[str, Path]:
@@ -152,6 +162,8 @@ def column_names(options: ExplainOptions, target: str | None = None) -> list[str
         columns += [f"{slug}_overlay", f"{slug}_map", f"{slug}_peak_row", f"{slug}_peak_col", f"{slug}_area"]
         if method == "lime":
             columns.append(f"{slug}_fit_r2")
+        if method == "ig":
+            columns.append(f"{slug}_completeness")
         if options.masks:
             columns.append(f"{slug}_pointing")
         if options.faithfulness:
@@ -211,7 +223,12 @@ class Explainer:
         # The outputs every image is explained for (a named class or findings), else None: per image.
         self.chosen: list[int] | None = predictor.chosen_targets(options)
         self.class_index: int | None = self.chosen[0] if self.chosen and len(self.chosen) == 1 else None
-        self.cams = {m: _CAMS[m](predictor.model, options.target_layer) for m in options.methods if m in _CAMS}
+        settings = {"smoothgrad": {"samples": options.smoothgrad_samples, "noise": options.smoothgrad_noise,
+                                   "seed": options.seed},
+                    "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline,
+                           "preprocess": predictor.preprocess}}
+        self.cams = {m: _CAMS[m](predictor.model, options.target_layer, **settings.get(m, {}))
+                     for m in options.methods if m in _CAMS}
         self.lime = None
         if "lime" in options.methods:
             self.lime = LimeExplainer(
@@ -292,17 +309,26 @@ class Explainer:
         wanted = np.array([t for _, t in jobs], np.int32)
         maps: list[Any] = [None] * len(jobs)
         empty = np.zeros(len(jobs), bool)
+        extras: list[dict[str, float]] = [{} for _ in jobs]
+
+        def take(j: int, result: Any, k: int) -> None:
+            maps[j], empty[j] = result.maps[k], result.empty[k]
+            extras[j] = {name: float(values[k]) for name, values in getattr(result, "extras", {}).items()}
+
         if first is not None:
             for j, (i, t) in enumerate(jobs):
                 if int(first.class_index[i]) == t:
-                    maps[j], empty[j] = first.maps[i], first.empty[i]
+                    take(j, first, i)
         redo = [j for j, m in enumerate(maps) if m is None]
         if redo:
             again = self.cams[method](model_batch[images[redo]], class_index=wanted[redo])
             for k, j in enumerate(redo):
-                maps[j], empty[j] = again.maps[k], again.empty[k]
+                take(j, again, k)
         for j, (i, t) in enumerate(jobs):
-            fields[i][f"{_key(slug, self.predictor.target_name(t))}_empty"] = bool(empty[j])
+            key = _key(slug, self.predictor.target_name(t))
+            fields[i][f"{key}_empty"] = bool(empty[j])
+            if "completeness" in extras[j]:
+                fields[i][f"{key}_completeness"] = round(extras[j]["completeness"], 4)
         return maps
 
     def _lime_maps(self, resized: np.ndarray, targets: list[list[int]], fields: list[dict[str, Any]]

@@ -251,6 +251,8 @@ def build_gradient_model(
     model: keras.Model,
     target_layer: str | None = None,
     image_shape: Sequence[int] | None = None,
+    *,
+    inline_all: bool = False,
 ) -> keras.Model:
     """A model ``[images, delta] → [activations, class scores, output]`` for Grad-CAM.
 
@@ -264,6 +266,8 @@ def build_gradient_model(
         target_layer: Layer name, or ``None`` for :func:`find_target_layer`'s choice.
         image_shape: ``(H, W, C)`` of the images; default the model's input shape
             (required when the model accepts any size).
+        inline_all: Also inline nested models after the target layer, so the scores are the
+            output layer's logits even when the target lies outside them (input saliency).
 
     Returns:
         The gradient model; its first output layer name is ``target_layer``'s.
@@ -289,6 +293,8 @@ def build_gradient_model(
         raise ConfigError(f"Grad-CAM needs a fixed image shape (H, W, C); got {shape} for {model.name!r}")
 
     target, containers = path[-1], {id(layer) for layer in path[:-1]}
+    if inline_all:
+        containers |= {id(layer) for layer in _nested_models(model)}
     images = keras.Input(shape=shape, dtype=model.inputs[0].dtype, name="images")
     found: dict[str, Any] = {}
 
@@ -329,6 +335,14 @@ def build_gradient_model(
         [found["activations"], scores, output],
         name=f"{model.name}_gradcam_{target.name}",
     )
+
+
+def _nested_models(model: keras.Model) -> list[keras.Model]:
+    found = []
+    for layer in getattr(model, "layers", []):
+        if _is_model(layer):
+            found += [layer, *_nested_models(layer)]
+    return found
 
 
 def _upsample_and_normalise(raw: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -325,3 +325,29 @@ def test_multilabel_npz_as_chestmnist_lays_it_out(tmp_path):
     with pytest.raises(DatasetError, match=r"bad.npz: val labels hold 2.0 \(row 0\); expected 0 or 1"):
         load_findings(load_config({"task": "multilabel", "data": {"kind": "npz", "npz": str(tmp_path / "bad.npz")}}
                                   ).data, seed=0)
+
+
+@pytest.mark.slow
+def test_input_gradient_methods_point_at_each_finding(findings_run, tmp_path):
+    fresh = tmp_path / "fresh"
+    write_findings_phantoms(fresh, count=50, size=64, seed=11)
+    rates = {}
+    for baseline, methods, findings in (("blur", "gradient,smoothgrad,ig", "all"), ("black", "ig", "cyst")):
+        out = tmp_path / baseline
+        assert main(["predict", str(findings_run), str(fresh / "images"), "--out", str(out), "--explain", methods,
+                     "--ig-baseline", baseline, "--findings", findings, "--masks", str(fresh / "masks")]) == 0
+        rows = _rows(out / "predictions.csv")
+        for slug in methods.split(","):
+            for finding in (FINDINGS if findings == "all" else [findings]):
+                hits = [int(r[f"{slug}_{finding}_pointing"]) for r in rows if r[f"{slug}_{finding}_pointing"] != ""]
+                assert len(hits) >= 12
+                rates[baseline, slug, finding] = float(np.mean(hits))
+        completeness = [float(r[k]) for r in rows for k in r if k.endswith("_completeness")]
+        assert completeness and np.median(completeness) < 0.05, np.median(completeness)  # measured 0.007, 32 steps
+    # Measured (blur): gradient 0.90 / 0.66 / 1.0, SmoothGrad 1.0 / 0.76 / 1.0, IG 1.0 / 0.76 / 1.0.
+    for slug in ("smoothgrad", "ig"):
+        for finding in FINDINGS:
+            assert rates["blur", slug, finding] >= 0.6, (slug, finding, rates)
+    # A black baseline hides a dark lesion: the cyst is nearly as dark as black, so (x - x') ≈ 0 there
+    # (measured 0.20 against 0.76 with the blurred baseline). The baseline is a choice to report.
+    assert rates["black", "ig", "cyst"] < rates["blur", "ig", "cyst"] - 0.2, rates

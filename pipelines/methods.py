@@ -1,0 +1,15 @@
+"""The explanation methods by name: one list for the explainer, the report, the service and DICOM export.
+
+No heavy imports here: the report reads it without starting a deep-learning backend.
+"""
+
+from __future__ import annotations
+
+__all__ = ["METHODS", "TITLES"]
+
+#: Method name (as given to ``--explain``) → file and column slug.
+METHODS: dict[str, str] = {"gradcam": "gradcam", "gradcam++": "gradcampp", "lime": "lime", "gradient": "gradient",
+                           "smoothgrad": "smoothgrad", "ig": "ig"}
+#: Slug → the name shown to people (report layers, DICOM series descriptions).
+TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "lime": "LIME", "gradient": "Gradient",
+                          "smoothgrad": "SmoothGrad", "ig": "Integrated Gradients"}

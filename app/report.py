@@ -122,6 +122,13 @@ def _run_summary(run_dir: str | None) -> dict[str, Any]:
     summary.update(task=state.get("task"), backbone=state.get("backbone") or state.get("architecture"),
                    created=state.get("created"), temperature=state.get("temperature"),
                    threshold=state.get("threshold"))
+    checks = run.root / "explanation_checks.json"
+    if checks.is_file():
+        try:
+            methods = json.loads(checks.read_text()).get("methods", {})
+            summary["failed_checks"] = [m["title"] for m in methods.values() if m.get("verdict") == "fail"]
+        except ValueError:
+            log.warning("%s: not valid JSON; explanation checks not shown", checks)
     if run.metrics_path.is_file():
         test = run.read_metrics().get("test", {})
         pooled = test.get("pooled", test)
@@ -300,6 +307,11 @@ def write_report(
         cases.append(item)
 
     run_info = _run_summary((predictions or {}).get("run") or _seg_summary(seg_folder).get("run"))
+    failing = run_info.get("failed_checks", [])
+    for item in cases:  # a method that failed the randomisation check is labelled on every map it drew
+        for layer in item["layers"]:
+            if any(layer["name"] == title or layer["name"].startswith(f"{title}:") for title in failing):
+                layer["name"] += " (failed the weight-randomisation check: do not rely on it)"
     page = _html(title or f"medlens report: {root.resolve().name}", cases, class_names, threshold, run_info, margin,
                  time.strftime("%Y-%m-%d %H:%M"))
     atomic_write_text(out_path, page)

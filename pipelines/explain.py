@@ -50,7 +50,7 @@ from medlens.pipelines.saliency import IntegratedGradients, SmoothGrad, VanillaG
 if TYPE_CHECKING:  # pragma: no cover
     from medlens.pipelines.predict import Predictor
 
-__all__ = ["METHODS", "TITLES", "ExplainOptions", "Explainer", "parse_methods", "load_masks", "column_names"]
+__all__ = ["METHODS", "TITLES", "ExplainOptions", "build_map_method", "Explainer", "parse_methods", "load_masks", "column_names"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,19 @@ class ExplainOptions:
     ig_baseline: str = "black"
     smoothgrad_samples: int = 16
     smoothgrad_noise: float = 0.15
+
+
+def build_map_method(method: str, model: Any, options: ExplainOptions, preprocess: Any) -> Any:
+    """The object computing ``method``'s maps (``(batch, class_index) → result``) for ``model``.
+
+    Every method but LIME; used by the explainer and by the sanity checks (on randomised copies).
+    """
+    if method not in _CAMS:
+        raise ConfigError(f"{method} has no batched map object (LIME is explained image by image)")
+    settings = {"smoothgrad": {"samples": options.smoothgrad_samples, "noise": options.smoothgrad_noise,
+                               "seed": options.seed},
+                "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline, "preprocess": preprocess}}
+    return _CAMS[method](model, options.target_layer, **settings.get(method, {}))
 
 
 def load_masks(folder: str | Path) -> dict[str, Path]:
@@ -223,11 +236,7 @@ class Explainer:
         # The outputs every image is explained for (a named class or findings), else None: per image.
         self.chosen: list[int] | None = predictor.chosen_targets(options)
         self.class_index: int | None = self.chosen[0] if self.chosen and len(self.chosen) == 1 else None
-        settings = {"smoothgrad": {"samples": options.smoothgrad_samples, "noise": options.smoothgrad_noise,
-                                   "seed": options.seed},
-                    "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline,
-                           "preprocess": predictor.preprocess}}
-        self.cams = {m: _CAMS[m](predictor.model, options.target_layer, **settings.get(m, {}))
+        self.cams = {m: build_map_method(m, predictor.model, options, predictor.preprocess)
                      for m in options.methods if m in _CAMS}
         self.lime = None
         if "lime" in options.methods:

@@ -34,7 +34,7 @@ from medlens.pipelines.evaluate import (
     plot_roc,
     to_probabilities,
 )
-from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
+from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
 
@@ -198,4 +198,6 @@ def write_model_card(run_dir: str | Path) -> Path:
         "holds for data like the validation split, not necessarily for other sites.",
         "",
     ]
-    return atomic_write_text(run.card_path, "\n".join(lines))
+    from medlens.pipelines.evaluation.runs import finish_card
+
+    return finish_card(run, "\n".join(lines))

@@ -351,3 +351,43 @@ def test_input_gradient_methods_point_at_each_finding(findings_run, tmp_path):
     # A black baseline hides a dark lesion: the cyst is nearly as dark as black, so (x - x') ≈ 0 there
     # (measured 0.20 against 0.76 with the blurred baseline). The baseline is a choice to report.
     assert rates["black", "ig", "cyst"] < rates["blur", "ig", "cyst"] - 0.2, rates
+
+
+@pytest.mark.slow
+def test_randomisation_check_passes_real_maps_and_fails_a_model_blind_one(findings_run, tmp_path, capsys,
+                                                                          monkeypatch):
+    from medlens.pipelines import sanity
+    from medlens.pipelines.rundir import RunDir
+
+    fresh = tmp_path / "fresh"
+    write_findings_phantoms(fresh, count=12, size=64, seed=21)
+    assert main(["sanity", str(findings_run), str(fresh / "images"), "--methods", "gradcam,gradient"]) == 0
+    printed = capsys.readouterr().out
+    checks = json.loads((findings_run / sanity.CHECKS_FILE).read_text())
+    assert checks["images"] >= 6 and set(checks["methods"]) == {"gradcam", "gradient"}
+    for method in checks["methods"].values():
+        stages = [s["randomised_down_to"] for s in method["stages"]]
+        assert stages == ["head", "block 4", "block 3", "block 2", "block 1"]  # top down, cumulative
+        # Measured: Grad-CAM 0.02, gradient 0.25 after full randomisation.
+        assert method["final_spearman"] < 0.5 and method["verdict"] == "pass", method
+    assert "Grad-CAM: head" in printed and "PASS" in printed
+    assert "## Explanation checks" in RunDir(findings_run).card_path.read_text()
+    assert main(["evaluate", str(findings_run), "--split", "val"]) == 0  # rewrites the card, keeps the section
+    assert "## Explanation checks" in RunDir(findings_run).card_path.read_text()
+
+    # A "method" that ignores the model (the image's own brightness) must fail the check.
+    class Brightness:
+        def __call__(self, batch, class_index=None):
+            grey = batch.mean(axis=-1)
+            grey = (grey - grey.min(axis=(1, 2), keepdims=True)) / np.ptp(grey, axis=(1, 2), keepdims=True)
+            return type("Maps", (), {"maps": grey.astype(np.float32)})()
+
+    monkeypatch.setattr(sanity, "build_map_method", lambda *args, **kwargs: Brightness())
+    blind = sanity.randomisation_check(findings_run, sorted((fresh / "images").iterdir()), ("gradcam",), write=True)
+    assert blind["methods"]["gradcam"]["final_spearman"] > 0.99 and blind["methods"]["gradcam"]["verdict"] == "fail"
+    # The report labels the failing method's maps.
+    out = tmp_path / "out"
+    assert main(["predict", str(findings_run), str(fresh / "images"), "--out", str(out), "--explain", "gradcam",
+                 "--report"]) == 0
+    assert "Grad-CAM: " in (out / "report.html").read_text()
+    assert "failed the weight-randomisation check" in (out / "report.html").read_text()

@@ -17,8 +17,8 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
-from medlens.pipelines.evaluation.runs import card_opening, fmt, run_parts
-from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
+from medlens.pipelines.evaluation.runs import card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_multilabel_run", "predict_findings", "write_multilabel_card"]
 
@@ -115,4 +115,4 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         "- Findings with few positives have wide intervals; probabilities are not calibrated (ECE per finding above).",
         "",
     ]
-    return atomic_write_text(run.card_path, "\n".join(lines))
+    return finish_card(run, "\n".join(lines))

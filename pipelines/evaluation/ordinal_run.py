@@ -18,8 +18,8 @@ from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluate import choose_threshold
 from medlens.pipelines.evaluation.ordinal import ordinal_metrics
-from medlens.pipelines.evaluation.runs import card_opening, fmt, run_parts
-from medlens.pipelines.rundir import RunDir, atomic_write_text, threshold_record
+from medlens.pipelines.evaluation.runs import card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_ordinal_run", "predict_cumulative", "write_ordinal_card"]
 
@@ -101,4 +101,4 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
         "- Probabilities are not calibrated.",
         "",
     ]
-    return atomic_write_text(run.card_path, "\n".join(lines))
+    return finish_card(run, "\n".join(lines))

@@ -1,15 +1,19 @@
-"""What every task's run evaluation and model card start with."""
+"""What every task's run evaluation and model card share: loading, the card's opening, the explanation checks."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.config import load_config
-from medlens.pipelines.rundir import RunDir
+from medlens.pipelines.rundir import RunDir, atomic_write_text
 
-__all__ = ["card_opening", "fmt", "run_parts"]
+__all__ = ["CHECKS_FILE", "card_opening", "finish_card", "fmt", "run_parts", "write_checks_to_card"]
+
+#: The randomisation check's results in a run directory (see :mod:`medlens.pipelines.sanity`).
+CHECKS_FILE = "explanation_checks.json"
 
 
 def run_parts(run_dir: str | Path, model: Any, cfg: Any, dataset: Any,
@@ -36,3 +40,34 @@ def card_opening(cfg: dict[str, Any], run: RunDir) -> list[str]:
     return [f"# Model card: {cfg.get('name', run.root.name)}", "",
             "**Decision support only.** This model has not been cleared for clinical use; every output must be",
             "reviewed by a qualified clinician.", ""]
+
+
+_CARD_HEADING = "## Explanation checks"
+
+
+def write_checks_to_card(run_dir: str | Path, checks: dict[str, Any]) -> Path:
+    """Add (or replace) the model card's section on the randomisation check."""
+    run = RunDir(run_dir)
+    card = run.card_path.read_text() if run.card_path.is_file() else ""
+    card = card.split(_CARD_HEADING)[0].rstrip() + "\n\n" if card else ""
+    lines = [_CARD_HEADING, "",
+             f"Cascading weight randomisation on {checks['images']} image(s): a method fails when its maps keep a "
+             f"mean Spearman rank correlation ≥ {checks['fail_at']} with the trained model's after every weight is "
+             "re-drawn (its maps would then not depend on what the model learned).", "",
+             "| method | Spearman after the head | after full randomisation | verdict |", "|---|---|---|---|"]
+    for item in checks["methods"].values():
+        lines.append(f"| {item['title']} | {item['stages'][0]['spearman']:.3f} | {item['final_spearman']:.3f} | "
+                     f"**{item['verdict']}** |")
+    return atomic_write_text(run.card_path, card + "\n".join(lines) + "\n")
+
+
+def finish_card(run: RunDir, text: str) -> Path:
+    """Write a model card, keeping the explanation-checks section when the run has one."""
+    path = atomic_write_text(run.card_path, text)
+    checks = run.root / CHECKS_FILE
+    if checks.is_file():
+        try:
+            path = write_checks_to_card(run.root, json.loads(checks.read_text()))
+        except ValueError:
+            pass  # an unreadable checks file: the card stays without the section
+    return path

@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from medlens.pipelines.evaluate import to_probabilities
-from medlens.pipelines.gradcam import build_gradient_model
+from medlens.pipelines.gradcam import CamResult, build_gradient_model
 from medlens.pipelines.gradients import PREDICTED, class_score_gradients
 
 __all__ = ["IntegratedGradients", "SaliencyResult", "SmoothGrad", "VanillaGradient"]
@@ -50,15 +50,9 @@ _INPUT_LAYER = "saliency_input"
 
 
 @dataclass
-class SaliencyResult:
-    """Maps of one batch (fields as :class:`~medlens.pipelines.gradcam.CamResult`), plus per-image extras."""
+class SaliencyResult(CamResult):
+    """Maps of one batch (the fields of :class:`~medlens.pipelines.gradcam.CamResult`), plus per-image extras."""
 
-    maps: np.ndarray
-    raw: np.ndarray
-    class_index: np.ndarray
-    probabilities: np.ndarray
-    layer: str
-    empty: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 

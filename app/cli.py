@@ -17,6 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medlens.app.pacs import (
+    add_pacs_arguments,
+    add_pacs_command,
+    check_pacs_arguments,
+    pull_inputs,
+    push_outputs,
+)
 from medlens.pipelines.errors import ConfigError, MedlensError
 
 __all__ = ["main", "build_parser"]
@@ -25,7 +32,7 @@ log = logging.getLogger("medlens")
 
 
 # Commands that never start a deep-learning backend (they stay fast).
-_NO_BACKEND = frozenset({"presets", "merge", "report"})
+_NO_BACKEND = frozenset({"presets", "merge", "report", "pacs"})
 
 
 def _quiet_backend() -> None:
@@ -165,16 +172,27 @@ def cmd_segment(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if shard is not None and not args.out:
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
+    check_pacs_arguments(args)
     model = SegModel(args.run)
     out = Path(args.out) if args.out else Path(args.run) / "segmentations" / time.strftime("%Y%m%d-%H%M%S")
+    if args.from_pacs:
+        pull_inputs(args, out)
     expanded = expand_inputs(args.inputs)  # walked once: for the progress bar and for the batch
     files, _ = select_shard(expanded[0], shard)
     with _progress_bar(len(files), "segment") as bar:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
                                explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
-                               shard=shard, expanded=expanded)
+                               shard=shard, expanded=expanded, probability_volumes=args.probability_volumes)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
+    if result.volumes:
+        print(f"{len(result.volumes)} volume(s) → {result.out_dir / 'volumes.csv'} (NIfTI masks; DICOM SEG for DICOM)")
+    if args.to_pacs:
+        segs = [result.out_dir / v["seg"] for v in result.volumes if v.get("seg")]
+        if segs:
+            push_outputs(args.to_pacs, segs)
+        else:
+            print("--to-pacs: no DICOM SEG to store (only DICOM series and multi-frame DICOM inputs make one)")
     _maybe_report(args, result.out_dir)
     return _report_errors(result)
 
@@ -208,8 +226,13 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
 
 
 def _run_predictions(args: argparse.Namespace, explain, default_folder: str, desc: str) -> int:
+    if args.to_pacs:
+        if explain is None:
+            raise ConfigError("--to-pacs stores the explanation overlays as DICOM: add --explain METHODS")
+        args.dicom = True
     if getattr(args, "dicom", False) and explain is None:
         raise ConfigError("--dicom exports explanation overlays: add --explain METHODS")
+    check_pacs_arguments(args)
     _quiet_backend()
     from medlens.pipelines.predict import expand_inputs, load_predictor, predict_paths
     from medlens.pipelines.shards import parse_shard, select_shard
@@ -219,6 +242,8 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     predictor = load_predictor(args.run)
     out = Path(args.out) if args.out else Path(args.run) / default_folder / time.strftime("%Y%m%d-%H%M%S")
+    if args.from_pacs:
+        pull_inputs(args, out)
     expanded = expand_inputs(args.inputs)  # walked once: for the progress bar and for the batch
     files, _ = select_shard(expanded[0], shard)
     with _progress_bar(len(files), desc) as bar:
@@ -232,9 +257,13 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         _print_explanation_summary(result.rows, explain)
     if getattr(args, "dicom", False):
         from medlens.app.dicom_export import export_overlays
+        from medlens.pipelines.rundir import RunDir
 
-        written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets)
+        written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets,
+                                  identity=RunDir(args.run).identity())
         print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
+        if args.to_pacs and written:
+            push_outputs(args.to_pacs, written)
     _maybe_report(args, result.out_dir)
     return _report_errors(result)
 
@@ -288,6 +317,7 @@ def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ig-baseline", default="black", choices=("black", "blur"), help="Integrated Gradients: baseline")
     g.add_argument("--findings", default="positive", metavar="positive|all|NAME,...",
                    help="multi-label runs: explain each image's positive findings (default), all, or these")
+    add_pacs_arguments(p)
     _add_shard_argument(p)
     _add_report_arguments(p)
 
@@ -437,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict images, folders, DICOM or NIfTI files with a run")
     p.add_argument("run", help="run directory")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--out", help="output folder (default RUN/predictions/TIMESTAMP)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
@@ -463,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="predict and explain images with Grad-CAM, Grad-CAM++ or LIME")
     p.add_argument("run", help="run directory")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files or folders")
     p.add_argument("--method", default="gradcam",
                    help="gradcam, gradcam++, lime, gradient, smoothgrad or ig (or several, comma-separated)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
@@ -477,16 +507,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images, folders, DICOM or NIfTI files with a segmentation run")
     p.add_argument("run", help="segmentation run directory")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
     p.add_argument("--out", help="output folder (default RUN/segmentations/TIMESTAMP)")
     p.add_argument("--resume", action="store_true",
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
+    p.add_argument("--probability-volumes", action="store_true",
+                   help="for NIfTI/DICOM volumes, also write the foreground probability as a float NIfTI volume")
+    add_pacs_arguments(p)
     _add_shard_argument(p)
     _add_report_arguments(p)
     p.set_defaults(func=cmd_segment)
+
+    add_pacs_command(sub)
 
     p = sub.add_parser("merge", help="join the shard-I-of-N folders of a sharded predict/explain/segment")
     p.add_argument("out", help="the --out folder the shards wrote into")

@@ -46,6 +46,11 @@ _PATIENT_AND_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSe
 _TITLES = TITLES
 
 
+def _uid(identity: str | None, *parts: str) -> str:
+    """A UID derived from ``identity`` and ``parts`` (the same inputs, the same UID); random without identity."""
+    return generate_uid(entropy_srcs=[identity, *parts]) if identity else generate_uid()
+
+
 def _source_header(path: str) -> Dataset | None:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
@@ -55,11 +60,14 @@ def _source_header(path: str) -> Dataset | None:
 
 def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: str, study_uid: str,
                       method: str, instance: int, frame: int | None, label: str,
-                      finding: str | None = None, finding_number: int = 0) -> Dataset:
-    """A Secondary Capture dataset holding ``rgb`` (``uint8`` ``H×W×3``) in the source's study."""
+                      finding: str | None = None, finding_number: int = 0, sop_uid: str | None = None) -> Dataset:
+    """A Secondary Capture dataset holding ``rgb`` (``uint8`` ``H×W×3``) in the source's study.
+
+    ``sop_uid``: the SOP Instance UID (default a new random one).
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()
@@ -77,6 +85,7 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.SeriesInstanceUID = series_uid
     ds.Modality = "OT"
+    ds.Manufacturer = "medlens"  # marks medlens's results: --from-pacs does not read them back as inputs
     ds.ConversionType = "WSD"
     ds.SeriesNumber = 9000 + list(_TITLES).index(method) + (0 if finding is None else 10 * (1 + finding_number))
     ds.InstanceNumber = instance
@@ -86,6 +95,10 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
     ds.DerivationDescription = f"{title} heatmap of {what}, blended onto the source image"
     ds.ImageComments = f"medlens {title} for '{label}'. Decision support only, not a diagnosis."
     ds.BurnedInAnnotation = "NO"
+    # Type 2C in General Series / General Image: present (empty when unknown), so validators pass.
+    laterality = source.get("Laterality", source.get("ImageLaterality", "")) if source is not None else ""
+    ds.Laterality = laterality if laterality in ("R", "L") else ""
+    ds.PatientOrientation = source.get("PatientOrientation", "") if source is not None else ""
     if source is not None and "SOPInstanceUID" in source:
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.get("SOPClassUID", "")
@@ -104,7 +117,8 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
 
 
 def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str],
-                    targets: Callable[[dict[str, Any]], list[str | None]] | None = None) -> list[Path]:
+                    targets: Callable[[dict[str, Any]], list[str | None]] | None = None,
+                    identity: str | None = None) -> list[Path]:
     """Write ``out_dir/dicom/<overlay name>.dcm`` for each overlay PNG listed in ``rows``.
 
     Args:
@@ -115,6 +129,9 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
         targets: Per row, the targets its overlays are named by (a multi-label run's
             ``Predictor.explained_targets``: one overlay, and one series, per finding and method);
             default one overlay per method.
+        identity: The run's :meth:`~medlens.pipelines.rundir.RunDir.identity`: UIDs are then
+            derived from it and the input's content, frame, method and target, so exporting a
+            re-run again gives the same instances (a PACS gets no duplicates); default random UIDs.
 
     Returns:
         The files written.
@@ -132,7 +149,7 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
             headers[path] = _source_header(path)
         source = headers[path]
         study_uid = str(source.StudyInstanceUID) if source is not None and "StudyInstanceUID" in source else \
-            studies.setdefault(path, generate_uid())
+            studies.setdefault(path, _uid(identity, "study", str(row.get("sha256") or path)))
         source_series = str(source.get("SeriesInstanceUID", path)) if source is not None else path
         frame = row.get("frame")
         frame = int(frame) if frame not in (None, "") else None
@@ -147,12 +164,13 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
                 log.warning("%s: overlay unreadable, no DICOM written", out / overlay)
                 continue
             key = (source_series, slug)
-            series_uid = series.setdefault(key, generate_uid())
+            series_uid = series.setdefault(key, _uid(identity, "series", *key))
             counters[series_uid] = counters.get(series_uid, 0) + 1
             dataset = secondary_capture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), source, series_uid=series_uid,
                                         study_uid=study_uid, method=METHODS[method], instance=counters[series_uid],
                                         frame=frame, label=target or str(row.get("explained_class") or row.get("label")),
-                                        finding=target, finding_number=finding_number)
+                                        finding=target, finding_number=finding_number,
+                                        sop_uid=_uid(identity, "sop", str(row.get("sha256") or path), str(frame), slug))
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
             target = out / "dicom" / (Path(overlay).stem + ".dcm")

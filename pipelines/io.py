@@ -539,7 +539,17 @@ def _open_dicom(path: Path) -> Any:
     return dataset
 
 
+#: DICOM objects that carry pixels but are not images to classify or segment (a medlens result, say).
+_NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.66.4": "a DICOM Segmentation (SEG)",
+               "1.2.840.10008.5.1.4.1.1.66.5": "a DICOM Surface Segmentation",
+               "1.2.840.10008.5.1.4.1.1.30": "a DICOM Parametric Map",
+               "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set"}
+
+
 def _decode_dicom(path: Path, dataset: Any) -> np.ndarray:
+    kind = _NOT_IMAGES.get(str(dataset.get("SOPClassUID", "")))
+    if kind:
+        raise ImageReadError(path, f"is {kind}, not an image to read")
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "DICOM file has no pixel data")
     syntax = dataset.file_meta.TransferSyntaxUID

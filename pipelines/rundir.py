@@ -183,6 +183,15 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{self.state_path}: unreadable ({exc})") from None
 
+    def identity(self) -> str:
+        """Names this trained model in derived UIDs: its folder and when it was trained.
+
+        DICOM objects made from the same input by the same run get the same UIDs, so pushing a
+        re-run to a PACS adds no duplicates; a retrained run (new ``created``) makes new ones.
+        """
+        created = self.read_state().get("created", "") if self.state_path.is_file() else ""
+        return f"{self.root.resolve()}|{created}"
+
     def read_metrics(self) -> dict[str, Any]:
         """``metrics.json`` in the current shape (``{}`` when absent); older shapes are upgraded.
 

@@ -11,6 +11,12 @@ written under the output folder:
 - ``overlays/NAME-HASH.png``: the mask tinted and outlined on the original (RGB);
 - with ``explain``, ``explanations/NAME-HASH.seg-gradcam.png``: Seg-Grad-CAM of the
   predicted mask;
+- for each **volume** (a NIfTI volume, a multi-frame DICOM, or a DICOM series: single-frame
+  files of one series, ordered by position, see :mod:`medlens.pipelines.volumes`):
+  ``volumes/NAME-HASH.nii.gz`` (the label map on the input's voxel grid), for DICOM input
+  ``volumes/NAME-HASH.seg.dcm`` (a DICOM SEG referencing every source instance), with
+  ``probability_volumes`` ``volumes/NAME-HASH.probability.nii.gz``; one row each in
+  ``volumes.csv`` (:data:`VOLUME_COLUMNS`);
 - ``segmentation.csv``: ``path, frame, sha256, mask, probability, overlay,
   foreground_fraction, foreground_pixels, components, largest_component, seconds`` (and
   ``explanation``); ``errors.csv``: every input that could not be read or segmented.
@@ -43,13 +49,25 @@ from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_s
 from medlens.pipelines.segment import binarize, mask_stats, postprocess
 from medlens.pipelines.segtrain import SegModel
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
+from medlens.pipelines.volumes import (
+    Series,
+    Volume,
+    group_series,
+    read_volume,
+    voxel_ml,
+    write_dicom_seg,
+    write_mask_volume,
+)
+from medlens.pipelines.volumes import volume_digest as volume_digest_of
 
-__all__ = ["SegmentResult", "segment_paths", "COLUMNS", "file_sha256"]
+__all__ = ["SegmentResult", "segment_paths", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["path", "frame", "sha256", "mask", "probability", "overlay", "foreground_fraction",
            "foreground_pixels", "components", "largest_component", "seconds"]
+VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg",
+                  "probability_volume", "foreground_voxels", "foreground_ml", "slices_with_foreground", "note"]
 _EXPLAIN_SIDE = 1024  # Seg-Grad-CAM runs on a copy whose longer side is at most this
 
 
@@ -63,6 +81,7 @@ class SegmentResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0
+    volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _stem(record: ImageRecord, digest: str) -> str:
@@ -83,6 +102,67 @@ def _previous_rows(out: Path) -> dict[str, list[dict[str, str]]]:
             if all((out / p).is_file() for p in outputs):
                 kept.setdefault(os.path.realpath(row["path"]), []).append(row)
     return kept
+
+
+def _previous_volumes(out: Path) -> dict[str, dict[str, str]]:
+    """Rows of an earlier ``volumes.csv`` whose volume files all still exist, by case path."""
+    table = out / "volumes.csv"
+    if not table.is_file():
+        return {}
+    with open(table, newline="", encoding="utf-8") as handle:
+        return {row["path"]: row for row in csv.DictReader(handle)
+                if all((out / row[k]).is_file() for k in ("mask_volume", "seg", "probability_volume") if row.get(k))}
+
+
+def _volume_stem(volume: Volume, digest: str) -> str:
+    if volume.kind == "dicom-series":
+        base = Path(volume.path.split("#", 1)[0]).name
+    else:
+        base = Path(volume.path).name
+        for suffix in (".nii.gz", ".nii", ".dcm", ".dicom"):
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:60] or "volume"
+    return f"{name}-{digest[:8]}"
+
+
+def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarray] | None], out: Path,
+                         digest: str, model: SegModel, *, probability: bool, first_file: str) -> dict[str, Any]:
+    """Write a volume case's mask (NIfTI; DICOM SEG for DICOM input) and return its ``volumes.csv`` row.
+
+    A slice that failed leaves the volume incomplete: no volume file is written and ``note``
+    says which slices are missing (their errors are in ``errors.csv``).
+    """
+    shape = volume.records[0].pixels.shape[:2]
+    row: dict[str, Any] = dict.fromkeys(VOLUME_COLUMNS, "")
+    row.update(path=volume.path, kind=volume.kind, sha256=digest, first_file=first_file, slices=len(volume.records),
+               shape=f"{shape[0]}x{shape[1]}x{len(volume.records)}")
+    missing = [k for k, item in enumerate(slices) if item is None]
+    if missing:
+        row["note"] = f"no volume written: slice(s) {', '.join(map(str, missing[:10]))} failed"
+        return row
+    masks = [mask for mask, _ in slices]
+    stem = _volume_stem(volume, digest)
+    row["mask_volume"] = write_mask_volume(volume, masks, out / "volumes" / f"{stem}.nii.gz").relative_to(out).as_posix()
+    if probability:
+        path = write_mask_volume(volume, [p for _, p in slices], out / "volumes" / f"{stem}.probability.nii.gz",
+                                 dtype=np.float32, intent="estimate")
+        row["probability_volume"] = path.relative_to(out).as_posix()
+    if volume.sources:
+        name = str(model.state.get("name") or model.run.root.name)
+        labels = [name] if model.num_classes <= 1 else [f"{name} class {k}" for k in range(1, model.num_classes)]
+        try:
+            row["seg"] = write_dicom_seg(volume, masks, out / "volumes" / f"{stem}.seg.dcm", labels=labels,
+                                         model_name=name, identity=model.run.identity()).relative_to(out).as_posix()
+        except MedlensError as exc:
+            row["note"] = str(exc).split(": ", 1)[-1]
+            log.warning("%s", exc)
+    voxels = int(sum(int(np.count_nonzero(m)) for m in masks))
+    ml = voxel_ml(volume)
+    row.update(foreground_voxels=voxels, foreground_ml="" if ml is None else round(voxels * ml, 4),
+               slices_with_foreground=sum(1 for m in masks if np.any(m)))
+    return row
 
 
 class _Explainer:
@@ -121,6 +201,7 @@ def segment_paths(
     flush_every: int = 10,
     shard: tuple[int, int] | None = None,
     expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
+    probability_volumes: bool = False,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -139,6 +220,8 @@ def segment_paths(
             :mod:`medlens.pipelines.shards`).
         expanded: ``expand_inputs(inputs)`` already computed by the caller (the CLI sizes its
             progress bar with it), so the inputs are walked once.
+        probability_volumes: For volume cases, also write the foreground probability as a
+            ``float32`` NIfTI volume.
 
     Raises:
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
@@ -147,61 +230,102 @@ def segment_paths(
     threshold = model.threshold if threshold is None else float(threshold)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     previous = _previous_rows(out) if resume else {}
+    previous_volumes = _previous_volumes(out) if resume else {}
     explainer = _Explainer(model) if explain else None
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
-    files, positions = select_shard(everything, shard)
+    cases, series_errors = group_series(everything)
+    errors.extend(series_errors)
+    chosen, positions = select_shard(cases, shard)
     columns = COLUMNS + (["explanation"] if explain else [])
     rows: list[dict[str, Any]] = []
+    volume_rows: list[dict[str, Any]] = []
     skipped = 0
 
     def flush() -> Path:
+        atomic_write_csv(out / "volumes.csv", VOLUME_COLUMNS,
+                         ([r.get(c, "") for c in VOLUME_COLUMNS] for r in volume_rows))
         return atomic_write_csv(out / "segmentation.csv", columns, ([r.get(c, "") for c in columns] for r in rows))
 
-    for count, path in enumerate(files, start=1):
+    for count, case in enumerate(chosen, start=1):
+        files = case.files if isinstance(case, Series) else [case]
+        name = case.path if isinstance(case, Series) else str(case)
         try:
-            if not path.is_file():  # a FIFO would block the hash; the reader names the problem
-                read_image(path)
-            digest = file_sha256(path)
+            for path in files:
+                if not path.is_file():  # a FIFO would block the hash; the reader names the problem
+                    read_image(path)
+            digests = [file_sha256(path) for path in files]
         except (OSError, MedlensError) as exc:
-            errors.append((str(path), getattr(exc, "reason", None) or f"cannot read: {exc.strerror or exc}"))
+            errors.append((name, getattr(exc, "reason", None) or f"cannot read: {exc.strerror or exc}"))
             if progress:
-                progress(1)
+                progress(len(files))
             continue
-        earlier = previous.get(os.path.realpath(path), [])
-        if earlier and all(r.get("sha256") == digest for r in earlier) and (not explain or all(
-                r.get("explanation") for r in earlier)):
+        digest = digests[0] if len(files) == 1 else volume_digest_of(digests)
+        earlier = [r for path in files for r in previous.get(os.path.realpath(path), [])]
+        by_file = {os.path.realpath(p): d for p, d in zip(files, digests, strict=True)}
+        earlier_volume = previous_volumes.get(name)
+        needs_volume = isinstance(case, Series) or len(earlier) > 1
+        if earlier and all(r.get("sha256") == by_file.get(os.path.realpath(r["path"])) for r in earlier) and (
+                not explain or all(r.get("explanation") for r in earlier)) and (
+                not needs_volume or (earlier_volume is not None and earlier_volume.get("sha256") == digest)):
             rows.extend(earlier)
+            if needs_volume:
+                volume_rows.append(earlier_volume)
             skipped += 1
             if progress:
-                progress(1)
+                progress(len(files))
             continue
-        for record in read_records([path], errors):
+        try:
+            volume = read_volume(case)
+        except MedlensError as exc:
+            errors.append((name, getattr(exc, "reason", None) or str(exc).splitlines()[0]))
+            if progress:
+                progress(len(files))
+            continue
+        except Exception as exc:  # a reader bug must not lose the rest of the batch
+            log.exception("reading %s as a volume failed", name)
+            errors.append((name, f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]))
+            if progress:
+                progress(len(files))
+            continue
+        records = volume.records if volume is not None else list(read_records([case], errors))
+        slices: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for k, record in enumerate(records):
+            file_digest = digests[k] if isinstance(case, Series) else digest
             try:
-                rows.append(_segment_one(model, record, digest, out, threshold, explainer))
+                row, mask, foreground = _segment_one(model, record, file_digest, out, threshold, explainer)
+                rows.append(row)
+                slices.append((mask, foreground))
             except (MedlensError, ValueError) as exc:
                 errors.append((record.path if record.frame in (None, 0) else f"{record.path}#{record.frame}",
                                str(getattr(exc, "reason", exc)).splitlines()[0]))
+                slices.append(None)
             except Exception as exc:  # a model failure on one image must not lose the batch
                 log.exception("segmenting %s failed", record.path)
                 errors.append((record.path, f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]))
+                slices.append(None)
+        if volume is not None:
+            volume_rows.append(write_volume_outputs(volume, slices, out, digest, model,
+                                                    probability=probability_volumes, first_file=str(files[0])))
         if progress:
-            progress(1)
+            progress(len(files))
         if count % flush_every == 0:
             flush()
     csv_path = flush()
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
     atomic_write_json(out / "segmentation.json", {"run": str(model.run.root.resolve()),
                                                   "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
-                                                  "images": len(rows), "errors": len(errors), "kept": skipped})
+                                                  "images": len(rows), "volumes": len(volume_rows),
+                                                  "errors": len(errors), "kept": skipped})
     if shard is not None:
-        write_shard_manifest(out, shard, files, positions, len(everything), "segment")
+        write_shard_manifest(out, shard, chosen, positions, len(cases), "segment")
     if errors:
         log.warning("%d input(s) could not be segmented; see %s", len(errors), errors_csv)
-    return SegmentResult(out, csv_path, errors_csv, rows, errors, skipped)
+    return SegmentResult(out, csv_path, errors_csv, rows, errors, skipped, volume_rows)
 
 
 def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, threshold: float,
-                 explainer: _Explainer | None) -> dict[str, Any]:
+                 explainer: _Explainer | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Segment one image; returns its row, its label map (0 background) and foreground probability."""
     started = time.perf_counter()
     prob = model.probability(record.pixels)
     if prob.ndim == 3:  # several classes: the argmax is the mask, "foreground" is not background
@@ -212,6 +336,7 @@ def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, t
     else:
         foreground = prob
         binary = postprocess(binarize(prob, threshold), model.min_size)
+        indices = binary.astype(np.uint8)
         mask_image = binary * np.uint8(255)
     stem = _stem(record, digest)
     mask_path = save_png(out / "masks" / f"{stem}.png", mask_image.astype(np.uint8))
@@ -233,4 +358,5 @@ def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, t
         explanation = save_png(out / "explanations" / f"{stem}.seg-gradcam.png", heatmap_overlay(record.pixels, cam))
         row["explanation"] = explanation.relative_to(out).as_posix()
     row["seconds"] = round(time.perf_counter() - started, 4)
-    return row
+    labels = (indices * (binary > 0)).astype(np.uint8)
+    return row, labels, np.clip(foreground, 0, 1).astype(np.float32)

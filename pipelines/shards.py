@@ -31,7 +31,12 @@ from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json
 __all__ = ["parse_shard", "select_shard", "shard_folder", "write_shard_manifest", "merge_shards", "MergeResult"]
 
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
-_PATH_COLUMNS = ("_overlay", "_map", "mask", "probability", "overlay", "explanation")
+_PATH_COLUMNS = ("_overlay", "_map", "mask", "probability", "overlay", "explanation", "_volume", "seg")
+
+
+def _files(item: Any) -> list[Path]:
+    """The input files of a case: a path, or every slice of a DICOM series (``.files``)."""
+    return list(getattr(item, "files", None) or [item])
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -48,9 +53,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def select_shard(files: Sequence[Path], shard: tuple[int, int] | None) -> tuple[list[Path], list[int]]:
-    """The files of ``shard`` and their positions in the sorted whole list (all files when None)."""
-    ordered = sorted(files, key=lambda p: os.path.realpath(p))
+def select_shard(files: Sequence[Any], shard: tuple[int, int] | None) -> tuple[list[Any], list[int]]:
+    """The cases of ``shard`` and their positions in the sorted whole list (all cases when None).
+
+    A case is a file, or a DICOM series (sorted by its first slice, never split across shards).
+    """
+    ordered = sorted(files, key=lambda p: os.path.realpath(_files(p)[0]))
     if shard is None:
         return list(ordered), list(range(len(ordered)))
     index, count = shard
@@ -63,11 +71,12 @@ def shard_folder(out: str | Path, shard: tuple[int, int] | None) -> Path:
     return Path(out) if shard is None else Path(out) / f"shard-{shard[0]}-of-{shard[1]}"
 
 
-def write_shard_manifest(folder: Path, shard: tuple[int, int], files: Sequence[Path], positions: Sequence[int],
+def write_shard_manifest(folder: Path, shard: tuple[int, int], files: Sequence[Any], positions: Sequence[int],
                          total: int, command: str) -> None:
     atomic_write_json(folder / "shard.json", {
         "shard": shard[0], "of": shard[1], "command": command, "total_files": total,
-        "files": [{"path": os.path.realpath(p), "position": k} for p, k in zip(files, positions, strict=True)],
+        "files": [{"path": os.path.realpath(p), "position": k}
+                  for case, k in zip(files, positions, strict=True) for p in _files(case)],
     })
 
 
@@ -177,5 +186,26 @@ def merge_shards(out: str | Path, *, allow_missing: bool = False) -> MergeResult
             seg = json.loads((first / "segmentation.json").read_text())
             atomic_write_json(root / "segmentation.json", {**seg, "images": len(rows), "errors": len(unique_errors),
                                                            "merged_shards": sorted(folders), "missing_shards": missing})
+    if command == "segment":
+        _merge_volumes(root, [folders[i] for i in sorted(folders)], position)
     atomic_write_csv(root / "errors.csv", ["path", "error"], unique_errors)
     return MergeResult(root, table, count, sorted(folders), missing, len(rows), unique_errors)
+
+
+def _merge_volumes(root: Path, folders: list[Path], position: dict[str, int]) -> None:
+    """Join the shards' ``volumes.csv`` (one row per volume case) in input order."""
+    header: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for folder in folders:
+        if not (folder / "volumes.csv").is_file():
+            continue
+        columns, part = _read_csv(folder / "volumes.csv")
+        header = header or columns
+        base = _inputs_base(folder)
+        for r in part:
+            first = r.get("first_file") or r["path"]
+            absolute = os.path.realpath(first if os.path.isabs(first) else os.path.join(base, first))
+            rows.append({**_prefixed(r, folder.name), "_order": position.get(absolute, len(position))})
+    if header:
+        rows.sort(key=lambda r: (r.pop("_order"), r["path"]))
+        atomic_write_csv(root / "volumes.csv", header, ([r.get(h, "") for h in header] for r in rows))

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from dicom_checks import dciodvfy_errors
 
 from medlens.app.cli import main
 from medlens.app.dicom_export import SECONDARY_CAPTURE
@@ -46,6 +47,10 @@ def test_overlays_become_secondary_captures_in_the_source_study(tiny_run, phanto
             if Path(row["path"]).suffix == ".png":
                 assert ds.PatientID == "" and ds.StudyInstanceUID != source_ct.StudyInstanceUID
     assert len(sops) == 24
+    # Every object validates (dicom3tools): with a DICOM source (CT, enhanced MR) and without (PNG).
+    for name in ("CT_small", "emri_small", png.stem):
+        exported = sorted((out / "dicom").glob(f"{name}-*.dcm"))
+        assert exported and dciodvfy_errors(exported[0]) == [], exported[0]
     # One new series per source series and method: the ten MR frames share theirs.
     assert all(len(uids) == 1 for uids in series.values())
     assert series[("emri_small.dcm", "gradcam")] != series[("emri_small.dcm", "gradcampp")]

@@ -172,6 +172,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     if shard is not None and not args.out:
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
+    deidentifier = _deidentifier(args)
     check_pacs_arguments(args)
     model = SegModel(args.run)
     out = Path(args.out) if args.out else Path(args.run) / "segmentations" / time.strftime("%Y%m%d-%H%M%S")
@@ -182,11 +183,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     with _progress_bar(len(files), "segment") as bar:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
                                explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
-                               shard=shard, expanded=expanded, probability_volumes=args.probability_volumes)
+                               shard=shard, expanded=expanded, probability_volumes=args.probability_volumes,
+                               deidentifier=deidentifier)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     if result.volumes:
         print(f"{len(result.volumes)} volume(s) → {result.out_dir / 'volumes.csv'} (NIfTI masks; DICOM SEG for DICOM)")
+    _write_mapping(args, deidentifier, out)
     if args.to_pacs:
         segs = [result.out_dir / v["seg"] for v in result.volumes if v.get("seg")]
         if segs:
@@ -232,6 +235,9 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         args.dicom = True
     if getattr(args, "dicom", False) and explain is None:
         raise ConfigError("--dicom exports explanation overlays: add --explain METHODS")
+    if args.deidentify and not args.dicom:
+        raise ConfigError("--deidentify applies to the DICOM objects written: add --dicom")
+    deidentifier = _deidentifier(args)
     check_pacs_arguments(args)
     _quiet_backend()
     from medlens.pipelines.predict import expand_inputs, load_predictor, predict_paths
@@ -252,6 +258,9 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
                                explain=explain, resume=args.resume, shard=shard, expanded=expanded)
     print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
+    if result.volumes:
+        print(f"{len(result.volumes)} volume(s), one result each (from the deciding slice) → "
+              f"{result.out_dir / 'volumes.csv'}")
     if explain is not None and result.rows:
         print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
         _print_explanation_summary(result.rows, explain)
@@ -260,7 +269,8 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         from medlens.pipelines.rundir import RunDir
 
         written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets,
-                                  identity=RunDir(args.run).identity())
+                                  identity=RunDir(args.run).identity(), deidentifier=deidentifier)
+        _write_mapping(args, deidentifier, result.out_dir)
         print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
         if args.to_pacs and written:
             push_outputs(args.to_pacs, written)
@@ -327,10 +337,41 @@ def _add_shard_argument(p: argparse.ArgumentParser) -> None:
                    help="process only shard I of N (deterministic split) into OUT/shard-I-of-N; then medlens merge OUT")
 
 
+def _add_deidentify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deidentify", action="store_true",
+                   help="apply the DICOM PS3.15 basic profile to the DICOM objects written (names, IDs, dates, UIDs)")
+    p.add_argument("--deidentify-map", metavar="FILE",
+                   help="where to keep the original → pseudonym mapping (default OUT.deidentify-map.csv, beside OUT)")
+
+
+def _deidentifier(args: argparse.Namespace) -> Any:
+    """A Deidentifier when ``--deidentify`` was given (refused with ``--to-pacs``), else None."""
+    if args.deidentify_map and not args.deidentify:
+        raise ConfigError("--deidentify-map needs --deidentify")
+    if not args.deidentify:
+        return None
+    if args.to_pacs:
+        raise ConfigError("--deidentify with --to-pacs would file results under a pseudonym, apart from the study; "
+                          "push de-identified results to a research archive with `medlens pacs push`")
+    from medlens.pipelines.deidentify import Deidentifier
+
+    return Deidentifier()
+
+
+def _write_mapping(args: argparse.Namespace, deidentifier: Any, out: Path) -> None:
+    from medlens.pipelines.deidentify import default_mapping_path
+
+    if deidentifier is None or not deidentifier.mapping:
+        return
+    path = deidentifier.write_mapping(args.deidentify_map or default_mapping_path(out))
+    print(f"de-identified (PS3.15 basic profile); the mapping, kept outside the output folder → {path}")
+
+
 def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     if p.prog.split()[-1] in ("predict", "explain"):
         p.add_argument("--dicom", action="store_true",
                        help="also write each overlay as a DICOM Secondary Capture in the source study (for PACS)")
+        _add_deidentify_arguments(p)
     p.add_argument("--report", action="store_true", help="also write OUT/report.html (see `medlens report`)")
     p.add_argument("--truth", help="with --report: CSV with path and class_name (or label) columns")
 
@@ -401,12 +442,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from medlens.pipelines.explain import parse_methods
 
     methods = () if args.explain.lower() == "none" else parse_methods(args.explain)
+    token = _service_token(args.token_file)
     settings = ServiceSettings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, explain=methods,
-                               lime_samples=args.lime_samples)
+                               lime_samples=args.lime_samples, token=token, batch_wait_ms=args.batch_wait_ms,
+                               max_batch=args.max_batch)
+    audit = logging.getLogger("medlens.audit")
+    audit.setLevel(logging.INFO)
+    audit.propagate = False
+    handler = logging.FileHandler(args.audit_log, encoding="utf-8") if args.audit_log else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.addHandler(handler)
     app = create_app(args.run, settings)
-    print(f"serving {args.run} on http://{args.host}:{args.port}  (upload page /, API docs /docs)")
+    print(f"serving {args.run} on http://{args.host}:{args.port}  (upload page /, API docs /docs)"
+          + ("; bearer token required" if token else "; no authentication (loopback or behind a proxy only)"))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _service_token(token_file: str | None) -> str | None:
+    """The bearer token: from ``--token-file`` (first line), else ``MEDLENS_TOKEN``, else none."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({exc})") from None
+        if not token or not token[0].strip():
+            raise ConfigError(f"--token-file {token_file}: the file is empty")
+        return token[0].strip()
+    return os.environ.get("MEDLENS_TOKEN", "").strip() or None
 
 
 def cmd_weights_import(args: argparse.Namespace) -> int:
@@ -517,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probability-volumes", action="store_true",
                    help="for NIfTI/DICOM volumes, also write the foreground probability as a float NIfTI volume")
     add_pacs_arguments(p)
+    _add_deidentify_arguments(p)
     _add_shard_argument(p)
     _add_report_arguments(p)
     p.set_defaults(func=cmd_segment)
@@ -546,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest accepted upload")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (all frames)")
     p.add_argument("--lime-samples", type=int, default=300, help="LIME samples per explanation")
+    p.add_argument("--token-file", help="require Authorization: Bearer TOKEN (the file's first line; "
+                                        "or set MEDLENS_TOKEN)")
+    p.add_argument("--audit-log", help="append one JSON line per request to this file (default stderr)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="/predict without explanations: wait this long to batch concurrent requests")
+    p.add_argument("--max-batch", type=int, default=32, help="most images in one batched model call")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("weights", help="manage backbone weights for offline sites")

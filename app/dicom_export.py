@@ -118,7 +118,7 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
 
 def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str],
                     targets: Callable[[dict[str, Any]], list[str | None]] | None = None,
-                    identity: str | None = None) -> list[Path]:
+                    identity: str | None = None, deidentifier: Any = None) -> list[Path]:
     """Write ``out_dir/dicom/<overlay name>.dcm`` for each overlay PNG listed in ``rows``.
 
     Args:
@@ -132,6 +132,8 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
         identity: The run's :meth:`~medlens.pipelines.rundir.RunDir.identity`: UIDs are then
             derived from it and the input's content, frame, method and target, so exporting a
             re-run again gives the same instances (a PACS gets no duplicates); default random UIDs.
+        deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier`: apply the PS3.15
+            basic profile to every object written (default: keep the source identity).
 
     Returns:
         The files written.
@@ -171,6 +173,8 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
                                         frame=frame, label=target or str(row.get("explained_class") or row.get("label")),
                                         finding=target, finding_number=finding_number,
                                         sop_uid=_uid(identity, "sop", str(row.get("sha256") or path), str(frame), slug))
+            if deidentifier is not None:
+                deidentifier.apply(dataset)
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
             target = out / "dicom" / (Path(overlay).stem + ".dcm")

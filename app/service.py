@@ -9,6 +9,22 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``):
   fraction, components; ``?explain=true`` adds Seg-Grad-CAM;
 - ``GET /health``, ``GET /model`` (model card and run facts), ``GET /`` (an upload page).
 
+**Security and audit.** With a token (``--token-file`` or ``MEDLENS_TOKEN``) ``/predict``,
+``/segment`` and ``/model`` need ``Authorization: Bearer TOKEN`` (compared in constant time;
+401 otherwise); ``/health``, the upload page and the API docs hold no data and stay open. Every
+request writes one JSON audit line (time, request id — also sent back as ``X-Request-ID`` —,
+client address, method, endpoint, status, seconds, the upload's size and SHA-256) to the
+``medlens.audit`` logger (``--audit-log FILE`` appends them to a file); never a file name,
+patient name or ID.
+
+**Dynamic batching.** ``/predict`` without explanations goes through a batcher: concurrent
+requests wait at most ``batch_wait_ms`` (default 20 ms) to share one model call of up to
+``max_batch`` images (padded to a power of two, so the compiled step is reused). Requests with
+explanations run one at a time (the explainers keep per-call state).
+
+**Volumes.** ``/segment`` also takes a NIfTI volume, or a zip of a DICOM series, and returns the
+volume mask (``volume``: NIfTI as base64, and for DICOM a DICOM SEG) besides the per-slice frames.
+
 The model is loaded once; inference is serialised by a lock (Keras models and their compiled
 gradient steps are not guaranteed thread-safe), while uploads are received and checked
 concurrently. Every upload is size-limited while it streams (413), its content is sniffed
@@ -20,19 +36,29 @@ temporary folder under a random name, deleted after the request. Errors are JSON
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import datetime
+import hashlib
+import hmac
+import json
 import logging
+import queue
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.rundir import RunDir
@@ -41,7 +67,12 @@ from medlens.pipelines.tasks import task_of_run
 __all__ = ["create_app", "ServiceSettings"]
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("medlens.audit")
 _CHUNK = 1 << 20
+#: Endpoints that return data; with a token they need it. The rest (health, page, docs) hold none.
+_PROTECTED = frozenset({"/predict", "/segment", "/model"})
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_ZIP_MEMBERS = 4000
 
 
 class ServiceSettings:
@@ -52,16 +83,27 @@ class ServiceSettings:
         max_pixels: Largest accepted image (height × width × frames).
         explain: Default explanation methods for ``/predict`` (``()`` for none).
         lime_samples: LIME samples per explanation (the service trades a little for speed).
+        token: Bearer token the data endpoints require (``None``: no authentication).
+        batch_wait_ms: How long a ``/predict`` request waits for others to share its model call.
+        max_batch: Most images in one batched model call.
     """
 
     def __init__(self, max_upload_mb: float = 32.0, max_pixels: int = 40_000_000,
-                 explain: tuple[str, ...] = ("gradcam",), lime_samples: int = 300):
+                 explain: tuple[str, ...] = ("gradcam",), lime_samples: int = 300, token: str | None = None,
+                 batch_wait_ms: float = 20.0, max_batch: int = 32):
         if max_upload_mb <= 0 or max_pixels <= 0:
             raise ConfigError("upload and pixel limits must be positive")
+        if token is not None and len(token) < 16:
+            raise ConfigError("the service token must have at least 16 characters")
+        if batch_wait_ms < 0 or max_batch < 1:
+            raise ConfigError("batch_wait_ms must be ≥ 0 and max_batch ≥ 1")
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.max_pixels = int(max_pixels)
         self.explain = tuple(explain)
         self.lime_samples = int(lime_samples)
+        self.token = token
+        self.batch_wait_s = float(batch_wait_ms) / 1000.0
+        self.max_batch = int(max_batch)
 
 
 class _Engine:
@@ -77,6 +119,7 @@ class _Engine:
         self.workdir = Path(tempfile.mkdtemp(prefix="medlens-serve-"))
         self.explainers: dict[tuple[str, ...], Any] = {}
         self.model = self.spec.load(self.run.root)
+        self.batcher = _Batcher(self) if self.spec.endpoint == "/predict" else None
 
     def require(self, endpoint: str) -> None:
         """409 unless this run's task is served at ``endpoint``."""
@@ -92,7 +135,66 @@ class _Engine:
         return self.explainers[methods]
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _Batcher:
+    """Collects concurrent prediction requests into one model call (bounded wait, bounded size)."""
+
+    def __init__(self, engine: _Engine):
+        self.engine = engine
+        self.queue: queue.Queue[tuple[list[np.ndarray], concurrent.futures.Future] | None] = queue.Queue()
+        self.calls = 0
+        self.images = 0
+        self.thread = threading.Thread(target=self._loop, name="medlens-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, pixels: list[np.ndarray]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((pixels, future))
+        return future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
+
+    def _collect(self, first: tuple[list[np.ndarray], concurrent.futures.Future]) -> tuple[list, bool]:
+        items, count = [first], len(first[0])
+        deadline = time.monotonic() + self.engine.settings.batch_wait_s
+        while count < self.engine.settings.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return items, True
+            items.append(item)
+            count += len(item[0])
+        return items, False
+
+    def _loop(self) -> None:
+        while (first := self.queue.get()) is not None:
+            items, stop = self._collect(first)
+            pixels = [p for item, _ in items for p in item]
+            size = 1 << (len(pixels) - 1).bit_length()  # a power of two: few distinct compiled shapes
+            try:
+                with self.engine.lock:
+                    probabilities = self.engine.model.predict_pixels(pixels + [pixels[-1]] * (size - len(pixels)))
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+                for _, future in items:
+                    future.set_exception(exc)
+            else:
+                self.calls += 1
+                self.images += len(pixels)
+                start = 0
+                for item, future in items:
+                    future.set_result(probabilities[start:start + len(item)])
+                    start += len(item)
+            if stop:
+                return
 
 
 # The explain query of each endpoint, as the upload page sends it (checkbox on, off).
@@ -103,15 +205,18 @@ def _error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-async def _receive(upload: UploadFile, engine: _Engine) -> tuple[Path, Path]:
+async def _receive(upload: UploadFile, engine: _Engine, request: Request) -> tuple[Path, Path]:
     """Stream the upload into a fresh folder of the service's temp dir, enforcing the size limit."""
     folder = engine.workdir / uuid.uuid4().hex
     folder.mkdir()
     target = folder / "upload"  # never the client's file name: no path ever comes from the request
     size = 0
+    digest = hashlib.sha256()
     with open(target, "wb") as handle:
         while chunk := await upload.read(_CHUNK):
             size += len(chunk)
+            digest.update(chunk)
+            request.state.input_sha256, request.state.input_bytes = digest.hexdigest(), size
             if size > engine.settings.max_upload_bytes:
                 handle.close()
                 shutil.rmtree(folder, ignore_errors=True)
@@ -120,22 +225,53 @@ async def _receive(upload: UploadFile, engine: _Engine) -> tuple[Path, Path]:
     if size == 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise _error(400, "upload is empty (0 bytes)")
+    with open(target, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    if gzipped:  # the only gzip medlens reads is a .nii.gz, and its reader goes by that name
+        target = target.rename(folder / "upload.nii.gz")
     return folder, target
 
 
-def _check_readable(target: Path, name: str, engine: _Engine) -> None:
-    """Sniff and decode the upload once (as the CLI would); unreadable or too large is a 4xx."""
-    from medlens.pipelines.io import read_frames
+def _check_readable(target: Path, name: str, engine: _Engine) -> list[Any]:
+    """Sniff and decode the upload once (as the CLI would); unreadable or too large is a 4xx.
 
-    try:
-        records = read_frames(target)
-    except MedlensError as exc:
-        reason = getattr(exc, "reason", str(exc))
+    Returns:
+        The records ``predict`` would read from it (every frame of DICOM and NIfTI).
+    """
+    from medlens.pipelines.predict import read_records
+
+    errors: list[tuple[str, str]] = []
+    records = list(read_records([target], errors))
+    if errors:
+        reason = errors[0][1]
         status = 413 if "limit" in reason or "too large" in reason else 415
-        raise _error(status, f"{name}: {reason}") from None
+        raise _error(status, f"{name}: {reason}")
     pixels = sum(int(r.pixels.shape[0] * r.pixels.shape[1]) for r in records)
     if pixels > engine.settings.max_pixels:
         raise _error(413, f"{name}: {pixels} pixels, above this service's limit of {engine.settings.max_pixels}")
+    return records
+
+
+def _unzip_series(target: Path, name: str, engine: _Engine) -> Path:
+    """A zip of DICOM files → a folder of them; no member may escape it, none be a link, sizes bounded."""
+    folder = target.parent / "series"
+    folder.mkdir()
+    limit = engine.settings.max_upload_bytes * 8
+    try:
+        with zipfile.ZipFile(target) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if len(members) > _MAX_ZIP_MEMBERS:
+                raise _error(413, f"{name}: {len(members)} files in the zip, above {_MAX_ZIP_MEMBERS}")
+            if sum(m.file_size for m in members) > limit:
+                raise _error(413, f"{name}: the zip unpacks to more than {limit // (1024 * 1024)} MB")
+            for k, member in enumerate(members):
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    continue  # a symlink: never followed, never written
+                with archive.open(member) as source, open(folder / f"{k:05d}.dcm", "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)  # a flat, generated name: no path from the zip
+    except zipfile.BadZipFile as exc:
+        raise _error(415, f"{name}: not a readable zip ({exc})") from None
+    return folder
 
 
 def _b64(path: Path) -> str:
@@ -160,6 +296,26 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                   description="Decision support only: predictions and heatmaps are not a diagnosis.")
     app.state.engine = engine
 
+    @app.middleware("http")
+    async def guard_and_audit(request: Request, call_next):
+        request_id = uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        request.state.input_sha256, request.state.input_bytes = "", 0
+        started = time.perf_counter()
+        if settings.token is not None and request.url.path in _PROTECTED and not _authorised(request, settings.token):
+            response = JSONResponse({"error": "missing or wrong bearer token", "status": 401}, status_code=401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="medlens"'})
+        else:
+            response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        audit_log.info(json.dumps({
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "request_id": request_id, "client": request.client.host if request.client else "",
+            "method": request.method, "endpoint": request.url.path, "status": response.status_code,
+            "seconds": round(time.perf_counter() - started, 4), "input_bytes": request.state.input_bytes,
+            "input_sha256": request.state.input_sha256}))
+        return response
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
@@ -170,7 +326,11 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "task": engine.task, "run": engine.run.root.name}
+        reply: dict[str, Any] = {"status": "ok", "task": engine.task, "run": engine.run.root.name}
+        if engine.batcher is not None:
+            reply["batching"] = {"model_calls": engine.batcher.calls, "images": engine.batcher.images,
+                                 "wait_ms": settings.batch_wait_s * 1000, "max_batch": settings.max_batch}
+        return reply
 
     @app.get("/model")
     def model() -> dict[str, Any]:
@@ -181,34 +341,27 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                 "model_card": card}
 
     @app.post("/predict")
-    async def predict(file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
+    async def predict(request: Request, file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
                       explain: str = Query("default", description="gradcam, gradcam++, lime, gradient, smoothgrad, ig "
                                                                   "(comma-separated), or none")
                       ) -> dict[str, Any]:
         engine.require("/predict")
         methods = _methods(explain, settings)
-        folder, target = await _receive(file, engine)
+        folder, target = await _receive(file, engine, request)
         name = Path(file.filename or "upload").name
         try:
-            _check_readable(target, name, engine)
+            records = await run_in_threadpool(_check_readable, target, name, engine)
             started = time.perf_counter()
-            result = _predict_locked(engine, target, folder, methods)
-            if not result.rows:
-                reason = result.errors[0][1] if result.errors else "no image in the upload"
-                raise _error(415, f"{name}: {reason}")
-            frames = []
-            for row in result.rows:
-                item: dict[str, Any] = {"frame": row["frame"] if row["frame"] != "" else None, "label": row["label"],
-                                        "probabilities": {c: row[f"p_{c}"] for c in engine.model.class_names},
-                                        **engine.model.row_summary(row)}
-                if methods:
-                    targets = engine.model.explained_targets(row)
-                    if targets == [None]:
-                        item["explained_class"] = row.get("explained_class")
-                        item["explanations"] = _explanations(row, methods, folder / "out", None)
-                    else:  # one set of maps per finding explained
-                        item["explanations"] = {t: _explanations(row, methods, folder / "out", t) for t in targets}
-                frames.append(item)
+            if methods:
+                result = await run_in_threadpool(_predict_locked, engine, target, folder, methods)
+                rows = result.rows
+                if not rows:
+                    raise _error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
+            else:  # batched with concurrent requests
+                probabilities = await asyncio.wrap_future(engine.batcher.submit([r.pixels for r in records]))
+                rows = [{"frame": "" if r.frame is None else r.frame, **engine.model.fields(p)}
+                        for r, p in zip(records, probabilities, strict=True)]
+            frames = [_frame(engine, row, methods, folder / "out") for row in rows]
             return {"file": name, "label": frames[0]["label"], "probabilities": frames[0]["probabilities"],
                     "threshold": engine.model.threshold, "frames": frames,
                     "seconds": round(time.perf_counter() - started, 3),
@@ -217,32 +370,46 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
             shutil.rmtree(folder, ignore_errors=True)
 
     @app.post("/segment")
-    async def segment(file: UploadFile = File(...),  # noqa: B008
+    async def segment(request: Request, file: UploadFile = File(...),  # noqa: B008
                       explain: bool = Query(False, description="add a Seg-Grad-CAM overlay")) -> dict[str, Any]:
         engine.require("/segment")
-        folder, target = await _receive(file, engine)
+        folder, target = await _receive(file, engine, request)
         name = Path(file.filename or "upload").name
         try:
-            _check_readable(target, name, engine)
-            from medlens.pipelines.segpredict import segment_paths
-
+            with open(target, "rb") as handle:
+                zipped = handle.read(4) == _ZIP_MAGIC
+            if zipped:
+                target = await run_in_threadpool(_unzip_series, target, name, engine)
+            else:
+                await run_in_threadpool(_check_readable, target, name, engine)
             started = time.perf_counter()
-            with engine.lock:
-                result = segment_paths(engine.run.root, [target], folder / "out", model=engine.model, explain=explain)
+            result = await run_in_threadpool(_segment_locked, engine, target, folder, explain)
             if not result.rows:
                 raise _error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
+            out = folder / "out"
             frames = []
             for row in result.rows:
                 item = {"frame": row["frame"] if row["frame"] != "" else None,
                         "foreground_fraction": row["foreground_fraction"], "components": row["components"],
-                        "mask_png_base64": _b64(folder / "out" / row["mask"]),
-                        "overlay_png_base64": _b64(folder / "out" / row["overlay"])}
+                        "mask_png_base64": _b64(out / row["mask"]),
+                        "overlay_png_base64": _b64(out / row["overlay"])}
                 if explain:
-                    item["seg_gradcam_png_base64"] = _b64(folder / "out" / row["explanation"])
+                    item["seg_gradcam_png_base64"] = _b64(out / row["explanation"])
                 frames.append(item)
-            return {"file": name, "threshold": engine.model.threshold, "frames": frames,
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "notice": "Decision support only; not a diagnosis."}
+            reply: dict[str, Any] = {"file": name, "threshold": engine.model.threshold, "frames": frames}
+            if result.volumes:
+                volume = result.volumes[0]
+                reply["volume"] = {
+                    "kind": volume["kind"], "slices": volume["slices"], "shape": volume["shape"],
+                    "foreground_voxels": volume.get("foreground_voxels", ""),
+                    "foreground_ml": volume.get("foreground_ml", ""), "note": volume.get("note", ""),
+                    "mask_nifti_base64": _b64(out / volume["mask_volume"]) if volume.get("mask_volume") else None,
+                    "seg_dicom_base64": _b64(out / volume["seg"]) if volume.get("seg") else None}
+            if zipped and result.errors:
+                reply["skipped"] = len(result.errors)  # files of the zip that were not DICOM slices
+            reply.update(seconds=round(time.perf_counter() - started, 3),
+                         notice="Decision support only; not a diagnosis.")
+            return reply
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -254,6 +421,33 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                 .replace("{{EXPLAIN_OFF}}", explain_off))
 
     return app
+
+
+def _authorised(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _frame(engine: _Engine, row: dict[str, Any], methods: tuple[str, ...], out: Path) -> dict[str, Any]:
+    """One frame of a ``/predict`` reply: label, probabilities, the task's summary, and its maps."""
+    item: dict[str, Any] = {"frame": row["frame"] if row["frame"] != "" else None, "label": row["label"],
+                            "probabilities": {c: row[f"p_{c}"] for c in engine.model.class_names},
+                            **engine.model.row_summary(row)}
+    if methods:
+        targets = engine.model.explained_targets(row)
+        if targets == [None]:
+            item["explained_class"] = row.get("explained_class")
+            item["explanations"] = _explanations(row, methods, out, None)
+        else:  # one set of maps per finding explained
+            item["explanations"] = {t: _explanations(row, methods, out, t) for t in targets}
+    return item
+
+
+def _segment_locked(engine: _Engine, target: Path, folder: Path, explain: bool) -> Any:
+    from medlens.pipelines.segpredict import segment_paths
+
+    with engine.lock:
+        return segment_paths(engine.run.root, [target], folder / "out", model=engine.model, explain=explain)
 
 
 def _explanations(row: dict[str, Any], methods: tuple[str, ...], out: Path, target: str | None) -> dict[str, Any]:
@@ -302,6 +496,7 @@ _PAGE = """<!doctype html>
 <p class="warning"><b>Decision support only.</b> Not a diagnosis; the model is not cleared for clinical use.</p>
 <form id="form"><input id="file" type="file" name="file" required>
 <label><input id="explain" type="checkbox" checked> explanations</label>
+<label>token <input id="token" type="password" autocomplete="off" placeholder="if the service needs one"></label>
 <button id="send" type="submit">Send</button></form>
 <p id="error"></p><div id="result"></div>
 <script>
@@ -314,7 +509,9 @@ async function send(file) {
   const url = `{{ENDPOINT}}?explain=${explain ? "{{EXPLAIN_ON}}" : "{{EXPLAIN_OFF}}"}`;
   const out = document.getElementById("result"), error = document.getElementById("error");
   out.innerHTML = ""; error.textContent = "";
-  const response = await fetch(url, {method: "POST", body: data});
+  const token = document.getElementById("token").value.trim();
+  const headers = token ? {"Authorization": `Bearer ${token}`} : {};
+  const response = await fetch(url, {method: "POST", body: data, headers});
   const body = await response.json();
   if (!response.ok) { error.textContent = body.error; document.body.dataset.state = "error"; return; }
   for (const frame of body.frames) {

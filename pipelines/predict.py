@@ -58,6 +58,7 @@ class PredictResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
     kept: int = 0
+    volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -156,6 +157,22 @@ class Predictor:
         """What ``predictions.json`` records about the outputs besides the rows."""
         return {"class_names": self.class_names, "threshold": self.threshold}
 
+    # one volume from its slices ---------------------------------------------------------
+    def row_probabilities(self, row: dict[str, Any]) -> np.ndarray:
+        """The probabilities :meth:`fields` was given, read back from a written row."""
+        return np.array([float(row[f"p_{n}"]) for n in self.class_names])
+
+    def volume_probabilities(self, slices: np.ndarray) -> tuple[np.ndarray, int]:
+        """A volume's probabilities from its slices' (``N×K``), and the slice that decides them.
+
+        Binary: the most suspicious slice's (a lesion on any slice makes the volume positive);
+        several classes: the mean over slices, decided by the most confident slice.
+        """
+        if len(self.class_names) == 2:
+            k = int(np.argmax(slices[:, 1]))
+            return slices[k], k
+        return slices.mean(axis=0), int(np.argmax(slices.max(axis=1)))
+
     # what an explanation explains -------------------------------------------------------
     def chosen_targets(self, options: ExplainOptions) -> list[int] | None:
         """The outputs every image is explained for (``--class``), or None: per image, its label."""
@@ -236,6 +253,13 @@ class MultiLabelPredictor(Predictor):
         row.update({f"pos_{f}": int(f in present) for f in self.findings})
         return row
 
+    def row_probabilities(self, row: dict[str, Any]) -> np.ndarray:
+        return np.array([float(row[f"p_{f}"]) for f in self.findings])
+
+    def volume_probabilities(self, slices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Per finding, the highest probability over slices (a finding on any slice is in the volume)."""
+        return slices.max(axis=0), int(np.argmax(slices.max(axis=1)))
+
     def summary(self) -> dict[str, Any]:
         return {"class_names": self.findings, "findings": self.findings, "thresholds": self.thresholds,
                 "threshold": None}
@@ -310,6 +334,13 @@ class OrdinalPredictor(Predictor):
         row["referable"] = int(probabilities[self.referable - 1] >= cut)
         row["threshold"] = round(cut, 6)
         return row
+
+    def row_probabilities(self, row: dict[str, Any]) -> np.ndarray:
+        return np.array([float(row[f"p_ge_{n}"]) for n in self.class_names[1:]])
+
+    def volume_probabilities(self, slices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Per cut ``grade ≥ k``, the highest probability over slices (still non-increasing in k)."""
+        return slices.max(axis=0), int(np.argmax(slices.sum(axis=1)))
 
     def summary(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "grades": self.class_names, "threshold": self.threshold,
@@ -488,6 +519,11 @@ def predict_paths(
             progress(1)
     flush()
     predictions_csv = write_tables()
+    volumes = volume_rows(predictor, rows, files)
+    atomic_write_csv(out / "volumes.csv", ["path", "kind", "slices", "deciding_slice", "deciding_file",
+                                            *predictor.columns()],
+                     ([v.get(c, "") for c in ["path", "kind", "slices", "deciding_slice", "deciding_file",
+                                              *predictor.columns()]] for v in volumes))
     if shard is not None:
         write_shard_manifest(out, shard, files, positions, len(everything), "predict")
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
@@ -495,7 +531,39 @@ def predict_paths(
         log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)
     if kept:
         log.info("%d file(s) unchanged since the last run into %s: kept", kept, out)
-    return PredictResult(out, predictions_csv, errors_csv, rows, errors, kept)
+    return PredictResult(out, predictions_csv, errors_csv, rows, errors, kept, volumes)
+
+
+def volume_rows(predictor: Predictor, rows: list[dict[str, Any]], files: list[Path]) -> list[dict[str, Any]]:
+    """One result per volume: a NIfTI or multi-frame DICOM file, or a DICOM series among ``files``.
+
+    The per-slice rows stay in ``predictions.csv``; a volume's probabilities come from them by
+    :meth:`Predictor.volume_probabilities`, with the slice that decides them.
+    """
+    from medlens.pipelines.volumes import Series, group_series
+
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(str(row["path"]), []).append(row)
+    groups: list[tuple[str, str, list[dict[str, Any]], list[str]]] = []
+    cases, _ = group_series(list(files))  # a broken series stays per-slice rows; its files were predicted
+    for case in cases:
+        if isinstance(case, Series):
+            members = [(str(p), by_path.get(str(p), [])) for p in case.files]
+            if all(len(r) == 1 for _, r in members):
+                groups.append((case.path, "dicom-series", [r[0] for _, r in members], [p for p, _ in members]))
+        else:
+            slices = sorted(by_path.get(str(case), []), key=lambda r: int(r["frame"] or 0))
+            if len(slices) > 1:
+                kind = "nifti" if sniff_format(case) == "nifti" else "dicom-frames"
+                groups.append((str(case), kind, slices, [str(case)] * len(slices)))
+    out = []
+    for path, kind, slices, sources in groups:
+        probabilities, k = predictor.volume_probabilities(np.stack([predictor.row_probabilities(r) for r in slices]))
+        out.append({"path": path, "kind": kind, "slices": len(slices),
+                    "deciding_slice": k if kind == "dicom-series" else slices[k]["frame"],
+                    "deciding_file": sources[k], **predictor.fields(probabilities)})
+    return out
 
 
 def _previous_rows(out: Path, explain: ExplainOptions | None) -> dict[str, list[dict[str, Any]]]:

@@ -128,7 +128,8 @@ def _volume_stem(volume: Volume, digest: str) -> str:
 
 
 def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarray] | None], out: Path,
-                         digest: str, model: SegModel, *, probability: bool, first_file: str) -> dict[str, Any]:
+                         digest: str, model: SegModel, *, probability: bool, first_file: str,
+                         deidentifier: Any = None) -> dict[str, Any]:
     """Write a volume case's mask (NIfTI; DICOM SEG for DICOM input) and return its ``volumes.csv`` row.
 
     A slice that failed leaves the volume incomplete: no volume file is written and ``note``
@@ -154,7 +155,8 @@ def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarr
         labels = [name] if model.num_classes <= 1 else [f"{name} class {k}" for k in range(1, model.num_classes)]
         try:
             row["seg"] = write_dicom_seg(volume, masks, out / "volumes" / f"{stem}.seg.dcm", labels=labels,
-                                         model_name=name, identity=model.run.identity()).relative_to(out).as_posix()
+                                         model_name=name, identity=model.run.identity(),
+                                         deidentifier=deidentifier).relative_to(out).as_posix()
         except MedlensError as exc:
             row["note"] = str(exc).split(": ", 1)[-1]
             log.warning("%s", exc)
@@ -202,6 +204,7 @@ def segment_paths(
     shard: tuple[int, int] | None = None,
     expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
     probability_volumes: bool = False,
+    deidentifier: Any = None,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -222,6 +225,8 @@ def segment_paths(
             progress bar with it), so the inputs are walked once.
         probability_volumes: For volume cases, also write the foreground probability as a
             ``float32`` NIfTI volume.
+        deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier` applied to every
+            DICOM SEG written (default: SEGs keep the source's patient and study).
 
     Raises:
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
@@ -305,7 +310,8 @@ def segment_paths(
                 slices.append(None)
         if volume is not None:
             volume_rows.append(write_volume_outputs(volume, slices, out, digest, model,
-                                                    probability=probability_volumes, first_file=str(files[0])))
+                                                    probability=probability_volumes, first_file=str(files[0]),
+                                                    deidentifier=deidentifier))
         if progress:
             progress(len(files))
         if count % flush_every == 0:

@@ -325,7 +325,8 @@ def _software_version() -> str:
 
 
 def write_dicom_seg(volume: Volume, slices: list[np.ndarray], path: str | Path, *, labels: list[str],
-                    model_name: str, series_number: int = 9100, identity: str | None = None) -> Path:
+                    model_name: str, series_number: int = 9100, identity: str | None = None,
+                    deidentifier: Any = None) -> Path:
     """Write a DICOM Segmentation (binary, one segment per label) referencing the source instances.
 
     Args:
@@ -338,6 +339,8 @@ def write_dicom_seg(volume: Volume, slices: list[np.ndarray], path: str | Path, 
         identity: The run's identity (:meth:`~medlens.pipelines.rundir.RunDir.identity`): the
             series UID derives from it and the source series, the instance UID also from the
             mask, so the same run on the same input writes the same SEG (no PACS duplicates).
+        deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier` to apply before
+            writing (default: the SEG keeps the source's patient and study).
 
     Raises:
         MedlensError: The source cannot carry a SEG (no geometry, unsupported), named, in one line.
@@ -381,6 +384,8 @@ def write_dicom_seg(volume: Volume, slices: list[np.ndarray], path: str | Path, 
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise MedlensError(f"{volume.path}: cannot make a DICOM SEG from this input "
                            f"({str(exc).splitlines()[0][:160]})") from exc
+    if deidentifier is not None:
+        deidentifier.apply(seg)
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return atomic_write_bytes(path, buffer.getvalue())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import hashlib
+import json
 import os
 import socket
 import struct
@@ -166,3 +168,82 @@ def test_segmentation_service_and_upload_page_in_chromium(tiny_seg_run, phantom_
 def test_serve_refuses_a_missing_run(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "nothing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_token_audit_log_and_dynamic_batching(tiny_run, phantom_dir, expected_labels, tmp_path):
+    token = "medlens-test-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    audit = tmp_path / "audit.jsonl"
+    good = {name: (phantom_dir / ("lesion" if (phantom_dir / "lesion" / name).exists() else "no_lesion") / name)
+            for name in expected_labels}
+    name, path = next(iter(good.items()))
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(tiny_run, "--token-file", str(tmp_path / "token"), "--audit-log", str(audit), "--explain", "none",
+                 "--batch-wait-ms", "50") as (url, _):
+        assert httpx.get(url + "/health").status_code == 200  # no data: open for load balancers
+        for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": token}):
+            reply = httpx.post(url + "/predict", files={"file": (name, path.read_bytes())}, headers=headers)
+            assert reply.status_code == 401 and reply.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(url + "/model").status_code == 401
+        assert httpx.get(url + "/model", headers=auth).status_code == 200
+
+        # 32 concurrent clients: every answer right, and fewer model calls than images.
+        jobs = list(good.items()) * 4
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            replies = list(pool.map(lambda job: (job[0], httpx.post(
+                url + "/predict", files={"file": (job[0], job[1].read_bytes())}, headers=auth, timeout=120)), jobs))
+        for job_name, reply in replies:
+            assert reply.status_code == 200 and reply.json()["label"] == expected_labels[job_name], reply.text
+        batching = httpx.get(url + "/health").json()["batching"]
+        assert batching["images"] >= 32 and batching["model_calls"] < batching["images"]
+        request_ids = {reply.headers["x-request-id"] for _, reply in replies}
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {"time", "request_id", "client", "method", "endpoint", "status", "seconds", "input_sha256"} <= set(lines[0])
+    assert request_ids <= {line["request_id"] for line in lines}
+    statuses = [line["status"] for line in lines if line["endpoint"] == "/predict"]
+    assert statuses.count(401) == 3 and statuses.count(200) == 32
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in good.values()}
+    assert {line["input_sha256"] for line in lines if line["endpoint"] == "/predict" and line["status"] == 200} == digests
+    text = audit.read_text()
+    assert not any(n in text for n in good) and token not in text  # no file names, no secrets
+
+
+def test_segment_service_takes_a_volume_and_a_zipped_series(tiny_seg_run, shared_data, tmp_path):
+    import gzip
+    import io
+    import zipfile
+
+    import nibabel
+    import pydicom
+    from fastapi.testclient import TestClient
+    from volume_data import lgg_volume, write_nifti, write_series
+
+    from medlens.app.service import create_app
+
+    images, _ = lgg_volume(shared_data, slices=4)
+    write_nifti(tmp_path / "flair.nii.gz", images)
+    files = write_series(tmp_path / "series", images)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for k, f in enumerate(files):
+            archive.write(f, f"../../escape-{k}.dcm" if k == 0 else f"DICOM/{f.name}")  # a hostile member name
+        archive.writestr("README.txt", "not a slice")
+    with TestClient(create_app(tiny_seg_run)) as client:
+        reply = client.post("/segment", files={"file": ("flair.nii.gz", (tmp_path / "flair.nii.gz").read_bytes())})
+        assert reply.status_code == 200, reply.text
+        volume = reply.json()["volume"]
+        assert volume["kind"] == "nifti" and volume["slices"] == 4 and len(reply.json()["frames"]) == 4
+        mask = nibabel.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(volume["mask_nifti_base64"])))
+        np.testing.assert_array_equal(mask.affine, nibabel.load(tmp_path / "flair.nii.gz").affine)
+
+        reply = client.post("/segment", files={"file": ("series.zip", buffer.getvalue())})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["volume"]["kind"] == "dicom-series" and body["volume"]["slices"] == 4 and body["skipped"] == 1
+        seg = pydicom.dcmread(io.BytesIO(base64.b64decode(body["volume"]["seg_dicom_base64"])))
+        assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+        assert not list(tmp_path.parent.glob("escape-*")) and not list(Path("/tmp").glob("escape-*"))
+
+        reply = client.post("/segment", files={"file": ("bad.zip", b"PK\x03\x04 truncated")})
+        assert reply.status_code == 415 and "not a readable zip" in reply.json()["error"]

@@ -176,3 +176,41 @@ def test_cli_segments_a_volume_and_writes_volumes_csv(tiny_seg_run, lgg, tmp_pat
     assert len(rows) == 1 and rows[0]["kind"] == "nifti"
     assert (out / rows[0]["mask_volume"]).is_file() and (out / rows[0]["probability_volume"]).is_file()
     np.testing.assert_array_equal(nibabel.load(out / rows[0]["mask_volume"]).affine, nibabel.load(source).affine)
+
+
+def test_predict_gives_one_result_per_volume_beside_the_slice_rows(tiny_run, lgg, tmp_path, capsys):
+    images, _ = lgg
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "flair.nii.gz", images[:4])
+    files = write_series(tmp_path / "in" / "series", images[4:8])
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_run), str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert "2 volume(s), one result each" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 8  # the per-slice rows stay
+    volumes = {v["kind"]: v for v in csv.DictReader((out / "volumes.csv").open())}
+    assert set(volumes) == {"nifti", "dicom-series"}
+    nifti = [r for r in rows if r["path"].endswith("flair.nii.gz")]
+    assert volumes["nifti"]["slices"] == "4"
+    # Binary: the volume is as suspicious as its most suspicious slice, and names that slice.
+    top = max(nifti, key=lambda r: float(r["p_lesion"]))
+    assert volumes["nifti"]["p_lesion"] == top["p_lesion"] and volumes["nifti"]["deciding_slice"] == top["frame"]
+    series = {r["path"]: r for r in rows if "series" in r["path"]}
+    top_file = max(series, key=lambda p: float(series[p]["p_lesion"]))
+    assert volumes["dicom-series"]["slices"] == "4" and volumes["dicom-series"]["deciding_file"] == top_file
+    assert volumes["dicom-series"]["deciding_slice"] == str([str(f) for f in files].index(top_file))
+    assert volumes["dicom-series"]["label"] == ("lesion" if float(series[top_file]["p_lesion"])
+                                                >= float(series[top_file]["threshold"] or 0.5) else "no_lesion")
+
+
+def test_volume_rules_of_multilabel_and_ordinal_predictors():
+    from medlens.pipelines.predict import MultiLabelPredictor, OrdinalPredictor
+
+    findings = np.array([[0.9, 0.1, 0.2], [0.3, 0.7, 0.1]])  # slice 0 has finding A, slice 1 finding B
+    volume, k = MultiLabelPredictor.volume_probabilities(None, findings)
+    np.testing.assert_array_equal(volume, [0.9, 0.7, 0.2])
+    assert k == 0
+    cumulative = np.array([[0.8, 0.3, 0.1], [0.6, 0.5, 0.4], [0.2, 0.1, 0.0]])  # P(grade ≥ 1, 2, 3) per slice
+    volume, k = OrdinalPredictor.volume_probabilities(None, cumulative)
+    np.testing.assert_array_equal(volume, [0.8, 0.5, 0.4])
+    assert np.all(np.diff(volume) <= 0) and k == 1  # still a valid cumulative; the slice of highest expected grade

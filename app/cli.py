@@ -184,7 +184,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
                                explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
                                shard=shard, expanded=expanded, probability_volumes=args.probability_volumes,
-                               deidentifier=deidentifier)
+                               deidentifier=deidentifier, match_scale=args.match_scale)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     if result.volumes:
@@ -577,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
+    p.add_argument("--match-scale", action="store_true",
+                   help="resample inputs to the run's training scale (pixel spacing, else fundus FOV diameter) "
+                        "and the outputs back")
     p.add_argument("--probability-volumes", action="store_true",
                    help="for NIfTI/DICOM volumes, also write the foreground probability as a float NIfTI volume")
     add_pacs_arguments(p)

@@ -148,6 +148,13 @@ class _Batcher:
         self.queue: queue.Queue[tuple[list[np.ndarray], concurrent.futures.Future] | None] = queue.Queue()
         self.calls = 0
         self.images = 0
+        self._arriving = 0  # requests received but not yet queued: worth waiting for
+        self._count_lock = threading.Lock()
+
+    def arriving(self, change: int) -> None:
+        """A request starts (+1) or stops (-1) being on its way to :meth:`submit`."""
+        with self._count_lock:
+            self._arriving += change
         self.thread = threading.Thread(target=self._loop, name="medlens-batcher", daemon=True)
         self.thread.start()
 
@@ -165,10 +172,12 @@ class _Batcher:
         deadline = time.monotonic() + self.engine.settings.batch_wait_s
         while count < self.engine.settings.max_batch:
             remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self._arriving <= 0 and self.queue.empty()):
+                break  # nobody else is on the way: a lone request never waits
             try:
-                item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                item = self.queue.get(timeout=min(remaining, 0.002))
             except queue.Empty:
-                break
+                continue
             if item is None:
                 return items, True
             items.append(item)
@@ -347,10 +356,22 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                       ) -> dict[str, Any]:
         engine.require("/predict")
         methods = _methods(explain, settings)
-        folder, target = await _receive(file, engine, request)
+        batched = not methods
+        if batched:
+            engine.batcher.arriving(+1)
+        try:
+            folder, target = await _receive(file, engine, request)
+        except BaseException:
+            if batched:
+                engine.batcher.arriving(-1)
+            raise
         name = Path(file.filename or "upload").name
         try:
-            records = await run_in_threadpool(_check_readable, target, name, engine)
+            try:
+                records = await run_in_threadpool(_check_readable, target, name, engine)
+            finally:
+                if batched:
+                    engine.batcher.arriving(-1)
             started = time.perf_counter()
             if methods:
                 result = await run_in_threadpool(_predict_locked, engine, target, folder, methods)

@@ -109,6 +109,58 @@ def throughput(run: Path, data: Path, work: Path) -> dict[str, Any]:
     return rows
 
 
+def _pooled_f1(out: Path, rows: list[dict[str, Any]], truths: dict[str, tuple[Any, Any]]) -> float:
+    import cv2
+    import numpy as np
+
+    tp = fp = fn = 0
+    for row in rows:
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED) > 0
+        truth, fov = truths[Path(row["path"]).name]
+        tp += int(np.sum(mask & truth & fov))
+        fp += int(np.sum(mask & ~truth & fov))
+        fn += int(np.sum(~mask & truth & fov))
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def scale_check(run: Path, data: Path, work: Path, factor: float = 1.7) -> dict[str, Any]:
+    """F1 on the DRIVE test images rescaled by ``factor`` (another camera), with and without --match-scale."""
+    import cv2
+
+    from medlens.pipelines.io import read_mask
+    from medlens.pipelines.segpredict import segment_paths
+    from medlens.pipelines.segtrain import SegModel
+
+    model = SegModel(run)
+    folder = work / f"x{factor}"
+    folder.mkdir(parents=True, exist_ok=True)
+    truths_native, truths_scaled = {}, {}
+    native = sorted((data / "drive" / "test" / "images").glob("*.tif"))
+    for path in native:
+        stem = path.name.split("_")[0]
+        truth = read_mask(data / "drive" / "test" / "1st_manual" / f"{stem}_manual1.gif") > 0
+        fov = read_mask(data / "drive" / "test" / "mask" / f"{stem}_test_mask.gif") > 0
+        truths_native[path.name] = (truth, fov)
+        image = cv2.imread(str(path))
+        big = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+        name = f"{stem}_x{factor}.png"
+        cv2.imwrite(str(folder / name), big)
+        size = (big.shape[1], big.shape[0])
+        truths_scaled[name] = (cv2.resize(truth.astype("uint8"), size, interpolation=cv2.INTER_NEAREST) > 0,
+                               cv2.resize(fov.astype("uint8"), size, interpolation=cv2.INTER_NEAREST) > 0)
+    result: dict[str, Any] = {"factor": factor, "images": len(native), "input_scale": model.input_scale}
+    for label, inputs, truths, match in (("native size", native, truths_native, False),
+                                         (f"{factor}×, as is", sorted(folder.glob("*.png")), truths_scaled, False),
+                                         (f"{factor}×, --match-scale", sorted(folder.glob("*.png")), truths_scaled, True)):
+        started = time.perf_counter()
+        seg = segment_paths(run, inputs, work / f"out-{label}", model=model, overwrite=True, match_scale=match)
+        result[label] = {"f1": round(_pooled_f1(seg.out_dir, seg.rows, truths), 4),
+                         "seconds": round(time.perf_counter() - started, 1),
+                         "scale": [r.get("scale") for r in seg.rows][:3]}
+        _say(f"scale check, {label}: F1 {result[label]['f1']:.4f}")
+    return result
+
+
 def drive_table(report: dict[str, Any]) -> list[str]:
     lines = ["DRIVE test set (20 images), pixels inside the FOV pooled; threshold chosen on 4 validation images "
              "(best Dice). Dice = F1.", "",
@@ -152,6 +204,14 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{p['dice']:.4f} | {lgg['test_mean']['dice']:.4f} | {p['auc']:.4f} |",
                   "", "One test patient (20 slices, 7 with tumour): a smoke-level check that the preset learns, "
                   "not a benchmark of the method."]
+    scale = report.get("scale")
+    if scale:
+        lines += ["", f"## Inputs at another scale: DRIVE test images enlarged {scale['factor']}× (another camera)", "",
+                  f"U-Net run `{scale['run']}` (training FOV diameter {scale['input_scale'].get('fov_diameter_px')} px); "
+                  "F1 (Dice) over the FOV pixels of the 20 test images, threshold of the run.", "",
+                  "| input | F1 | seconds | scale factors found (first 3) |", "|---|---|---|---|"]
+        for label in (k for k in scale if isinstance(scale[k], dict) and "f1" in scale[k]):
+            lines.append(f"| {label} | {scale[label]['f1']:.4f} | {scale[label]['seconds']} | {scale[label]['scale']} |")
     if report.get("throughput"):
         lines += ["", "## Batch segmentation speed (`medlens segment`, U-Net)", "",
                   "| images | tile / overlap | tiles per image | images/s | tiles/s |", "|---|---|---|---|---|"]
@@ -170,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: few patches, no 2048 px images")
     parser.add_argument("--reuse", action="store_true",
                         help="read finished runs in --runs-dir instead of training them again")
-    parser.add_argument("--parts", default="drive,speed,lgg",
-                        help="drive (U-Net and GAN on DRIVE), speed (batch segmentation), lgg (brain-tumour-seg)")
+    parser.add_argument("--parts", default="drive,speed,lgg,scale",
+                        help="drive (U-Net and GAN on DRIVE), speed (batch segmentation), lgg (brain-tumour-seg), "
+                             "scale (DRIVE test images at 1.7×, with and without --match-scale)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     args = parser.parse_args(argv)
@@ -198,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         _say("training brain-tumour-seg …")
         report["lgg"] = train_one("lgg", [], args.runs_dir, data, preset="brain-tumour-seg", reuse=args.reuse)
         report["lgg"]["n"] = json.loads((args.runs_dir / "lgg" / "metrics.json").read_text())["test"]["n"]
+    if "scale" in parts:
+        run = args.runs_dir / "unet"
+        if not (run / "run.json").is_file() or "input_scale" not in json.loads((run / "run.json").read_text()):
+            _say(f"training unet for {args.epochs} epochs for the scale check …")
+            report["models"]["unet"] = train_one("unet", list(common), args.runs_dir, data)
+        _say("inputs at another scale: DRIVE test images enlarged 1.7× …")
+        report["scale"] = {"run": "unet", **scale_check(run, data, args.runs_dir / "scale")}
     if "speed" in parts and not args.quick:
         _say("batch segmentation speed …")
         first = next(iter(report["models"]), "unet")

@@ -41,11 +41,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medlens.pipelines.errors import MedlensError
+from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.io import ImageRecord, read_image
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_png
 from medlens.pipelines.predict import expand_inputs, read_records
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
+from medlens.pipelines.scale import scale_factor
 from medlens.pipelines.segment import binarize, mask_stats, postprocess
 from medlens.pipelines.segtrain import SegModel
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
@@ -205,6 +206,7 @@ def segment_paths(
     expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
     probability_volumes: bool = False,
     deidentifier: Any = None,
+    match_scale: bool = False,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -227,11 +229,21 @@ def segment_paths(
             ``float32`` NIfTI volume.
         deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier` applied to every
             DICOM SEG written (default: SEGs keep the source's patient and study).
+        match_scale: Resample each input to the run's training scale (pixel spacing, else FOV
+            diameter; :mod:`medlens.pipelines.scale`) and the outputs back; rows get ``scale``
+            and ``scale_method``.
+
+    Raises:
+        ConfigError: ``match_scale`` with a run that recorded no training scale.
 
     Raises:
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
     """
     model = model or SegModel(run_dir)
+    if match_scale and not (model.input_scale and (model.input_scale.get("pixel_spacing_mm")
+                                                   or model.input_scale.get("fov_diameter_px"))):
+        raise ConfigError(f"{model.run.root}: the run recorded no training scale (no pixel spacing, no field of "
+                          "view in its images, or trained before medlens recorded it); --match-scale needs one")
     threshold = model.threshold if threshold is None else float(threshold)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     previous = _previous_rows(out) if resume else {}
@@ -241,7 +253,8 @@ def segment_paths(
     cases, series_errors = group_series(everything)
     errors.extend(series_errors)
     chosen, positions = select_shard(cases, shard)
-    columns = COLUMNS + (["explanation"] if explain else [])
+    columns = COLUMNS + (["explanation"] if explain else []) + (["scale", "scale_method"] if match_scale else [])
+    scale = model.input_scale if match_scale else None
     rows: list[dict[str, Any]] = []
     volume_rows: list[dict[str, Any]] = []
     skipped = 0
@@ -297,7 +310,7 @@ def segment_paths(
         for k, record in enumerate(records):
             file_digest = digests[k] if isinstance(case, Series) else digest
             try:
-                row, mask, foreground = _segment_one(model, record, file_digest, out, threshold, explainer)
+                row, mask, foreground = _segment_one(model, record, file_digest, out, threshold, explainer, scale)
                 rows.append(row)
                 slices.append((mask, foreground))
             except (MedlensError, ValueError) as exc:
@@ -330,10 +343,12 @@ def segment_paths(
 
 
 def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, threshold: float,
-                 explainer: _Explainer | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+                 explainer: _Explainer | None, scale: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Segment one image; returns its row, its label map (0 background) and foreground probability."""
     started = time.perf_counter()
-    prob = model.probability(record.pixels)
+    factor, method = scale_factor(record, scale) if scale else (1.0, "")
+    prob = model.probability(record.pixels, factor)
     if prob.ndim == 3:  # several classes: the argmax is the mask, "foreground" is not background
         indices = prob.argmax(axis=-1).astype(np.uint8)
         foreground = 1.0 - prob[..., 0]
@@ -359,6 +374,8 @@ def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, t
         **mask_stats(binary),
     }
     row["foreground_fraction"] = round(row["foreground_fraction"], 6)
+    if scale:
+        row["scale"], row["scale_method"] = round(factor, 4), method
     if explainer is not None:
         cam = explainer(record.pixels, binary)
         explanation = save_png(out / "explanations" / f"{stem}.seg-gradcam.png", heatmap_overlay(record.pixels, cam))

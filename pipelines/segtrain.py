@@ -36,7 +36,7 @@ from medlens.models.metrics import segmentation_metrics
 from medlens.models.seggan import SegGAN, build_discriminator
 from medlens.models.unet import build_unet, freeze_encoder, unfreeze_encoder
 from medlens.pipelines.config import SegRunConfig
-from medlens.pipelines.errors import ConfigError
+from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
 from medlens.pipelines.segdata import (
     SegmentationSequence,
@@ -85,6 +85,7 @@ class SegModel:
         self.threshold = float(self.state.get("threshold", 0.5))
         self.min_size = int(self.state.get("min_size", 0))
         self.preprocess = _preprocess(self.state.get("encoder", "none"))
+        self.input_scale: dict[str, Any] | None = self.state.get("input_scale")
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         """Reader pixels (``[0, 1]``) → the model's ``H×W×channels`` input."""
@@ -94,10 +95,22 @@ class SegModel:
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(batch))
 
-    def probability(self, pixels: np.ndarray) -> np.ndarray:
-        """Foreground probability ``H×W`` (``H×W×C`` for several classes) at the image's own size."""
+    def probability(self, pixels: np.ndarray, factor: float = 1.0) -> np.ndarray:
+        """Foreground probability ``H×W`` (``H×W×C`` for several classes) at the image's own size.
+
+        ``factor`` ≠ 1 resamples the image by it first (``--match-scale``: to the training scale)
+        and the probabilities back to the image's size.
+        """
         import cv2
 
+        if factor != 1.0:
+            height, width = pixels.shape[:2]
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            resized = cv2.resize(np.asarray(pixels, np.float32), size,
+                                 interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+            resized = np.clip(resized, 0.0, 1.0)
+            prob = self.probability(resized[..., None] if resized.ndim == 2 else resized)
+            return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
         x = self.model_input(pixels)
         height, width = x.shape[:2]
         if self.mode == "whole":
@@ -380,6 +393,7 @@ def train_segmentation(
         "multiple": cfg.model.multiple(),
         "min_size": cfg.evaluate.min_size,
         "threshold": 0.5,
+        "input_scale": _training_scale(dataset.splits["train"]),
         "best_epoch": state.get("best_epoch"),
         "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": int(state.get("epochs_done", 0)),
@@ -406,6 +420,22 @@ def train_segmentation(
     metrics = evaluate_segmentation(run.root, "test", model=seg_model, dataset=dataset, cfg=cfg)
     write_seg_model_card(run.root)
     return TrainResult(run.root, metrics["pooled"], run_state["epochs_run"], time.time() - started)
+
+
+def _training_scale(samples: list[Any]) -> dict[str, Any]:
+    """The training images' pixel spacing and FOV diameter (see :mod:`medlens.pipelines.scale`)."""
+    from medlens.pipelines.io import read_image
+    from medlens.pipelines.scale import training_scale
+
+    def images() -> Any:
+        for sample in samples:
+            try:
+                record = read_image(sample.image_path)
+            except MedlensError:
+                continue  # training read it; a file gone since is not this summary's business
+            yield record.pixels, record.spacing
+
+    return training_scale(images())
 
 
 def write_seg_model_card(run_dir: str | Path) -> Path:

@@ -150,13 +150,13 @@ class _Batcher:
         self.images = 0
         self._arriving = 0  # requests received but not yet queued: worth waiting for
         self._count_lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, name="medlens-batcher", daemon=True)
+        self.thread.start()
 
     def arriving(self, change: int) -> None:
         """A request starts (+1) or stops (-1) being on its way to :meth:`submit`."""
         with self._count_lock:
             self._arriving += change
-        self.thread = threading.Thread(target=self._loop, name="medlens-batcher", daemon=True)
-        self.thread.start()
 
     def submit(self, pixels: list[np.ndarray]) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()

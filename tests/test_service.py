@@ -247,3 +247,30 @@ def test_segment_service_takes_a_volume_and_a_zipped_series(tiny_seg_run, shared
 
         reply = client.post("/segment", files={"file": ("bad.zip", b"PK\x03\x04 truncated")})
         assert reply.status_code == 415 and "not a readable zip" in reply.json()["error"]
+
+
+def test_one_batcher_thread_serves_every_request_and_stops_with_the_service(tiny_run, phantom_dir):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from medlens.app.service import create_app
+
+    image = sorted((phantom_dir / "lesion").iterdir())[0]
+    with TestClient(create_app(tiny_run)) as client:
+        for _ in range(3):
+            assert client.post("/predict?explain=none", files={"file": ("a.png", image.read_bytes())}).status_code == 200
+        batchers = [t for t in threading.enumerate() if t.name == "medlens-batcher"]
+        assert len(batchers) == 1 and batchers[0].is_alive()
+        assert client.get("/health").json()["batching"]["images"] == 3
+    batchers[0].join(timeout=10)
+    assert not batchers[0].is_alive()  # closed with the app
+
+
+def test_a_service_that_never_batched_closes_cleanly(tiny_run):
+    from fastapi.testclient import TestClient
+
+    from medlens.app.service import create_app
+
+    with TestClient(create_app(tiny_run)) as client:
+        assert client.get("/health").status_code == 200

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medlens.app.pacs import (
+from medlens.app.pacs_cli import (
     add_pacs_arguments,
     add_pacs_command,
     check_pacs_arguments,

@@ -25,6 +25,7 @@ from medlens.app.pacs_cli import (
     push_outputs,
 )
 from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.methods import METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -208,9 +209,9 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
 
     for name in ("samples", "segments", "steps"):
         if getattr(args, name) < 1:
-            from medlens.pipelines.errors import ConfigError
-
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.occlusion_window <= 1:
+        raise ConfigError(f"--occlusion-window must be in (0, 1], got {args.occlusion_window}")
     return ExplainOptions(
         methods=parse_methods(methods),
         class_name=getattr(args, "class_name", None),
@@ -218,13 +219,16 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
         lime_samples=max(2, args.samples),
         lime_segments=args.segments,
         lime_segmentation=args.segmentation,
+        lime_hide=args.hide,
         seed=args.seed,
         faithfulness=args.faithfulness,
         faithfulness_steps=args.steps,
+        road=args.road,
         masks=load_masks(args.masks) if args.masks else {},
         findings=args.findings,
         ig_steps=args.ig_steps,
         ig_baseline=args.ig_baseline,
+        occlusion_window=args.occlusion_window,
     )
 
 
@@ -288,13 +292,12 @@ def _report_errors(result) -> int:
 
 
 def _print_explanation_summary(rows: list[dict], explain) -> None:
-    from medlens.pipelines.explain import METHODS
-
     for method in explain.methods:
         slug = METHODS[method]
         parts = []
-        for key, label in (("pointing", "peak inside the mask"), ("deletion_auc", "deletion AUC"),
-                           ("insertion_auc", "insertion AUC")):
+        for key, label in (("pointing", "peak inside the mask"), ("energy", "energy inside"),
+                           ("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC"),
+                           ("road_morf", "ROAD MoRF"), ("road_lerf", "ROAD LeRF")):
             values = [r[f"{slug}_{key}"] for r in rows if r.get(f"{slug}_{key}", "") != ""]
             if values:
                 mean = sum(values) / len(values)
@@ -308,23 +311,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    return _run_predictions(args, _explain_options(args, args.method), "explanations", "explain")
+    options = _explain_options(args, args.method)
+    code = _run_predictions(args, options, "explanations", "explain")
+    if args.sanity and code in (0, 1):
+        from medlens.pipelines.predict import expand_inputs
+
+        files, _ = expand_inputs(args.inputs)
+        code = max(code, _randomisation_check(args, files[: args.sanity_limit], options))
+    return code
 
 
 def _add_explain_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("explanations")
     g.add_argument("--layer", help="Grad-CAM target layer (default: the backbone's last conv map)")
-    g.add_argument("--samples", type=int, default=1000, help="LIME: perturbed images per explanation")
-    g.add_argument("--segments", type=int, default=50, help="LIME: approximate number of superpixels")
+    g.add_argument("--samples", type=int, default=1000, help="LIME, Kernel SHAP: perturbed images per explanation")
+    g.add_argument("--segments", type=int, default=100, help="LIME, Kernel SHAP: approximate number of superpixels")
+    g.add_argument("--hide", default="blur", choices=("blur", "mean", "zero"),
+                   help="LIME, Kernel SHAP: what a hidden superpixel shows (default: the blurred image)")
     g.add_argument("--segmentation", default="slic", choices=("slic", "felzenszwalb", "quickshift"),
                    help="LIME: superpixel algorithm")
-    g.add_argument("--seed", type=int, default=0, help="LIME: sampling seed (same seed, same result)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="LIME, Kernel SHAP, SmoothGrad: sampling seed (same seed, same result)")
     g.add_argument("--faithfulness", action="store_true",
                    help="also score each map by deletion and insertion AUC (RISE)")
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
+    g.add_argument("--road", action="store_true",
+                   help="also score each map by ROAD (remove and debias: MoRF/LeRF with noisy linear imputation)")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
     g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
     g.add_argument("--ig-baseline", default="black", choices=("black", "blur"), help="Integrated Gradients: baseline")
+    g.add_argument("--occlusion-window", type=float, default=0.125,
+                   help="occlusion: window side as a fraction of the image's longer side")
     g.add_argument("--findings", default="positive", metavar="positive|all|NAME,...",
                    help="multi-label runs: explain each image's positive findings (default), all, or these")
     add_pacs_arguments(p)
@@ -380,16 +397,23 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     _quiet_backend()
     from medlens.pipelines.explain import ExplainOptions, parse_methods
     from medlens.pipelines.predict import expand_inputs
-    from medlens.pipelines.sanity import CHECKS_FILE, randomisation_check
 
-    if not args.debug:  # each randomised copy compiles its own gradient step; TensorFlow warns about each
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     methods = parse_methods(args.methods)
     files, errors = expand_inputs(args.inputs)
     for path, reason in errors:
         print(f"  skipped {path}: {reason}")
-    checks = randomisation_check(args.run, files[: args.limit], methods, seed=args.seed, fail_at=args.fail_at,
-                                 options=ExplainOptions(methods=methods, seed=args.seed, ig_steps=args.ig_steps))
+    return _randomisation_check(args, files[: args.limit],
+                                ExplainOptions(methods=methods, seed=args.seed, ig_steps=args.ig_steps))
+
+
+def _randomisation_check(args: argparse.Namespace, files: list, options) -> int:
+    """Run the cascading weight-randomisation check and print each method's path and verdict."""
+    from medlens.pipelines.sanity import CHECKS_FILE, randomisation_check
+
+    if not args.debug:  # each randomised copy compiles its own gradient step; TensorFlow warns about each
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    checks = randomisation_check(args.run, files, options.methods, seed=args.seed, fail_at=args.fail_at,
+                                 options=options)
     print(f"cascading weight randomisation on {checks['images']} image(s); Spearman rank correlation with the "
           f"trained model's maps (a method fails at ≥ {args.fail_at} after full randomisation):")
     for item in checks["methods"].values():
@@ -537,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--explain", metavar="METHODS",
-                   help="explain every prediction: gradcam, gradcam++, lime, gradient, smoothgrad, ig (comma-separated)")
+                   help=f"explain every prediction: {', '.join(METHODS)} (comma-separated)")
     _add_explain_arguments(p)
     p.set_defaults(func=cmd_predict)
 
@@ -546,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a classifier run directory")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders to explain")
     p.add_argument("--methods", default="gradcam,gradcam++,gradient,smoothgrad,ig",
-                   help="map methods to check (comma-separated; not lime)")
+                   help="methods to check (comma-separated; any explanation method, lime and kernelshap included)")
     p.add_argument("--limit", type=int, default=16, help="at most this many images")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-drawn weights")
     p.add_argument("--fail-at", type=float, default=0.5,
@@ -554,17 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
     p.set_defaults(func=cmd_sanity)
 
-    p = sub.add_parser("explain", help="predict and explain images with Grad-CAM, Grad-CAM++ or LIME")
+    p = sub.add_parser("explain", help="predict and explain images (Grad-CAM, gradients, occlusion, LIME, "
+                                       "Kernel SHAP, ...)")
     p.add_argument("run", help="run directory")
     p.add_argument("inputs", nargs="*", metavar="IMAGE", help="image files or folders")
     p.add_argument("--method", default="gradcam",
-                   help="gradcam, gradcam++, lime, gradient, smoothgrad or ig (or several, comma-separated)")
+                   help=f"{', '.join(METHODS)} (one, or several comma-separated)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
     p.add_argument("--out", help="output folder (default RUN/explanations/TIMESTAMP)")
     p.add_argument("--resume", action="store_true",
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--sanity", action="store_true",
+                   help="then check the methods' maps against cascading weight randomisation (see `medlens sanity`)")
+    p.add_argument("--sanity-limit", type=int, default=16, help="--sanity: at most this many images")
+    p.add_argument("--fail-at", type=float, default=0.5,
+                   help="--sanity: a method fails when its Spearman correlation after full randomisation is at least this")
     _add_explain_arguments(p)
     p.set_defaults(func=cmd_explain)
 

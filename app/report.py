@@ -35,7 +35,7 @@ import numpy as np
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.faithfulness import resize_map
 from medlens.pipelines.io import read_frames
-from medlens.pipelines.methods import TITLES
+from medlens.pipelines.methods import SUPERPIXEL, TITLES
 from medlens.pipelines.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.rundir import RunDir, atomic_write_text
 
@@ -173,7 +173,7 @@ def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: 
         if not map_path or not (folder / map_path).is_file():
             continue
         saliency = resize_map(np.load(folder / map_path), (height, width))
-        if method_slug == "lime":
+        if method_slug in SUPERPIXEL:  # signed superpixel weights: green for, red against
             positive, negative = np.clip(saliency, 0, 1), np.clip(-saliency, 0, 1)
             rgb = np.zeros((height, width, 3), np.uint8)
             rgb[..., 1] = 255 * (positive > 0)

@@ -61,6 +61,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.methods import METHODS
 from medlens.pipelines.rundir import RunDir
 from medlens.pipelines.tasks import task_of_run
 
@@ -351,8 +352,8 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
 
     @app.post("/predict")
     async def predict(request: Request, file: UploadFile = File(...),  # noqa: B008 - FastAPI's declaration style
-                      explain: str = Query("default", description="gradcam, gradcam++, lime, gradient, smoothgrad, ig "
-                                                                  "(comma-separated), or none")
+                      explain: str = Query("default", description=", ".join(METHODS)
+                                                                  + " (comma-separated), or none")
                       ) -> dict[str, Any]:
         engine.require("/predict")
         methods = _methods(explain, settings)
@@ -479,8 +480,6 @@ def _explanations(row: dict[str, Any], methods: tuple[str, ...], out: Path, targ
 
 
 def _slugs(methods: tuple[str, ...]) -> list[tuple[str, str]]:
-    from medlens.pipelines.explain import METHODS
-
     return [(m, METHODS[m]) for m in methods]
 
 

@@ -1,4 +1,4 @@
-"""Explanations alongside predictions: Grad-CAM, Grad-CAM++ and LIME for every image of a batch.
+"""Explanations alongside predictions: CAMs, input saliency, occlusion, LIME and Kernel SHAP for every image.
 
 :class:`Explainer` is built once from a loaded :class:`~medlens.pipelines.predict.Predictor`
 and called with each prediction batch. For every image it
@@ -7,7 +7,7 @@ and called with each prediction batch. For every image it
   binary runs, the argmax otherwise) or a class the user names;
 * writes, per method, an overlay PNG at the image's *own* resolution (colour map
   blended onto the original, RGB order) and the map itself as ``.npy`` at the
-  model input size (Grad-CAM/Grad-CAM++: ``[0, 1]``; LIME: signed ``[-1, 1]``);
+  model input size (heatmap methods: ``[0, 1]``; LIME and Kernel SHAP: signed ``[-1, 1]``);
 * returns summary fields for ``predictions.csv`` (overlay and map paths relative to
   the output folder, the peak's row/column in the original image, the area above
   half the peak) and, when asked, faithfulness scores: deletion and insertion AUC
@@ -38,25 +38,29 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.faithfulness import deletion_auc, insertion_auc, resize_map
+from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
 from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
 from medlens.pipelines.io import ImageRecord, list_images, read_image
+from medlens.pipelines.kernel_shap import KernelShapExplainer
 from medlens.pipelines.lime import LimeExplainer
-from medlens.pipelines.methods import METHODS, TITLES
+from medlens.pipelines.methods import ALIASES, METHODS, SUPERPIXEL, TITLES
 from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
-from medlens.pipelines.saliency import IntegratedGradients, SmoothGrad, VanillaGradient
+from medlens.pipelines.robustness import road_scores
+from medlens.pipelines.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 
 if TYPE_CHECKING:  # pragma: no cover
     from medlens.pipelines.predict import Predictor
 
-__all__ = ["METHODS", "TITLES", "ExplainOptions", "build_map_method", "Explainer", "parse_methods", "load_masks", "column_names"]
+__all__ = ["METHODS", "TITLES", "ExplainOptions", "build_map_method", "build_superpixel_method", "Explainer",
+           "parse_methods", "load_masks", "column_names"]
 
 log = logging.getLogger(__name__)
 
-# Methods called like Grad-CAM (batch, class_index) → maps; LIME is the one that is not.
+# Methods called like Grad-CAM (batch, class_index) → maps; the superpixel methods explain image by image.
 _CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradient": VanillaGradient, "smoothgrad": SmoothGrad,
-         "ig": IntegratedGradients}
+         "ig": IntegratedGradients, "occlusion": Occlusion}
+_SUPERPIXEL = {"lime": LimeExplainer, "kernelshap": KernelShapExplainer}
 _GREEN = np.array([0, 255, 0], np.uint8)
 _RED = np.array([255, 0, 0], np.uint8)
 
@@ -70,7 +74,8 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     names: list[str] = []
     for item in items:
-        name = item.strip().lower().replace("gradcampp", "gradcam++").replace("grad-cam", "gradcam")
+        name = item.strip().lower()
+        name = ALIASES.get(name, name)
         if not name:
             continue
         if name not in METHODS:
@@ -87,59 +92,84 @@ class ExplainOptions:
     """What to explain and how.
 
     Attributes:
-        methods: Any of ``gradcam``, ``gradcam++``, ``lime``.
+        methods: Any of :data:`~medlens.pipelines.methods.METHODS`.
         class_name: Explain this class for every image instead of the predicted one.
         target_layer: Grad-CAM layer (default: the backbone's last convolutional map).
-        lime_samples: Perturbed images per LIME explanation (the original included).
-        lime_segments: Approximate number of superpixels.
+        lime_samples: Perturbed images per LIME or Kernel SHAP explanation (the original included).
+        lime_segments: Approximate number of superpixels (LIME and Kernel SHAP share them).
         lime_segmentation: ``slic`` (default), ``felzenszwalb`` or ``quickshift``.
-        lime_batch_size: Images per forward pass while LIME predicts its samples.
-        lime_top_k: Regions of each sign outlined on the LIME overlay.
-        seed: LIME's sampling seed; the same seed gives bit-identical explanations.
+        lime_hide: What a hidden superpixel shows: ``blur`` (default), ``mean`` or ``zero``.
+        lime_batch_size: Images per forward pass while LIME/Kernel SHAP predict their samples.
+        lime_top_k: Regions of each sign outlined on the LIME/Kernel SHAP overlay.
+        seed: The superpixel methods' and SmoothGrad's sampling seed; the same seed gives
+            bit-identical explanations.
         alpha: Opacity of the heatmap colour on the overlays.
         faithfulness: Also compute deletion and insertion AUC for each map (costs
             ``faithfulness_steps + 1`` forward passes per curve and image).
         faithfulness_steps: Points on each deletion/insertion curve.
-        masks: Stem (lower case) → mask file, for the pointing game (see :func:`load_masks`).
+        masks: Stem (lower case) → mask file, for the pointing game and the share of the map's
+            energy inside the mask (see :func:`load_masks`).
+        road: Also score each map by ROAD (MoRF and LeRF means with noisy linear imputation,
+            :mod:`medlens.pipelines.robustness`; 18 forward passes and sparse solves per map).
         findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
             or the comma-separated names given.
         ig_steps: Integrated Gradients: points of the path integral.
         ig_baseline: Integrated Gradients: ``black`` or ``blur``.
         smoothgrad_samples: SmoothGrad: noisy copies per image.
         smoothgrad_noise: SmoothGrad: noise sd as a fraction of the image's value range.
+        occlusion_window: Occlusion: window side as a fraction of the image's longer side.
+        occlusion_fill: Occlusion: ``blur`` or ``black``.
     """
 
     methods: tuple[str, ...] = ("gradcam",)
     class_name: str | None = None
     target_layer: str | None = None
     lime_samples: int = 1000
-    lime_segments: int = 50
+    lime_segments: int = 100
     lime_segmentation: str = "slic"
+    lime_hide: str = "blur"
     lime_batch_size: int = 64
     lime_top_k: int = 5
     seed: int = 0
     alpha: float = 0.4
     faithfulness: bool = False
     faithfulness_steps: int = 20
+    road: bool = False
     masks: dict[str, Path] = field(default_factory=dict)
     findings: str = "positive"
     ig_steps: int = 32
     ig_baseline: str = "black"
     smoothgrad_samples: int = 16
     smoothgrad_noise: float = 0.15
+    occlusion_window: float = 0.125
+    occlusion_fill: str = "blur"
 
 
 def build_map_method(method: str, model: Any, options: ExplainOptions, preprocess: Any) -> Any:
     """The object computing ``method``'s maps (``(batch, class_index) → result``) for ``model``.
 
-    Every method but LIME; used by the explainer and by the sanity checks (on randomised copies).
+    Every method but the superpixel ones (LIME, Kernel SHAP); used by the explainer and by the sanity checks (on randomised copies).
     """
     if method not in _CAMS:
-        raise ConfigError(f"{method} has no batched map object (LIME is explained image by image)")
+        raise ConfigError(f"{method} has no batched map object (LIME and Kernel SHAP explain image by image)")
     settings = {"smoothgrad": {"samples": options.smoothgrad_samples, "noise": options.smoothgrad_noise,
                                "seed": options.seed},
-                "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline, "preprocess": preprocess}}
+                "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline, "preprocess": preprocess},
+                "occlusion": {"window": options.occlusion_window, "fill": options.occlusion_fill,
+                              "preprocess": preprocess}}
     return _CAMS[method](model, options.target_layer, **settings.get(method, {}))
+
+
+def build_superpixel_method(method: str, predict_fn: Any, options: ExplainOptions) -> Any:
+    """The LIME or Kernel SHAP explainer for ``predict_fn`` (RGB ``0..255`` batch → probabilities).
+
+    Both get the same superpixels, hiding, sample count and seed from ``options``.
+    """
+    if method not in _SUPERPIXEL:
+        raise ConfigError(f"{method} is not a superpixel method ({', '.join(_SUPERPIXEL)})")
+    return _SUPERPIXEL[method](predict_fn, segmentation=options.lime_segmentation, n_segments=options.lime_segments,
+                               num_samples=options.lime_samples, batch_size=options.lime_batch_size,
+                               hide_color=options.lime_hide, seed=options.seed)
 
 
 def load_masks(folder: str | Path) -> dict[str, Path]:
@@ -173,14 +203,16 @@ def column_names(options: ExplainOptions, target: str | None = None) -> list[str
     for method in options.methods:
         slug = _key(METHODS[method], target)
         columns += [f"{slug}_overlay", f"{slug}_map", f"{slug}_peak_row", f"{slug}_peak_col", f"{slug}_area"]
-        if method == "lime":
+        if method in SUPERPIXEL:
             columns.append(f"{slug}_fit_r2")
         if method == "ig":
             columns.append(f"{slug}_completeness")
         if options.masks:
-            columns.append(f"{slug}_pointing")
+            columns += [f"{slug}_pointing", f"{slug}_energy"]
         if options.faithfulness:
             columns += [f"{slug}_deletion_auc", f"{slug}_insertion_auc"]
+        if options.road:
+            columns += [f"{slug}_road_morf", f"{slug}_road_lerf"]
     return columns
 
 
@@ -238,16 +270,8 @@ class Explainer:
         self.class_index: int | None = self.chosen[0] if self.chosen and len(self.chosen) == 1 else None
         self.cams = {m: build_map_method(m, predictor.model, options, predictor.preprocess)
                      for m in options.methods if m in _CAMS}
-        self.lime = None
-        if "lime" in options.methods:
-            self.lime = LimeExplainer(
-                self.predict_rgb,
-                segmentation=options.lime_segmentation,
-                n_segments=options.lime_segments,
-                num_samples=options.lime_samples,
-                batch_size=options.lime_batch_size,
-                seed=options.seed,
-            )
+        self.superpixel = {m: build_superpixel_method(m, self.predict_rgb, options)
+                           for m in options.methods if m in _SUPERPIXEL}
 
     def retarget(self, out_dir: str | Path) -> None:
         """Write the next batches' files under ``out_dir`` (a long-lived explainer, e.g. in the service)."""
@@ -266,13 +290,13 @@ class Explainer:
 
         Each image is explained for its targets (:meth:`Predictor.explain_targets`: the
         reported class, a named class, or a multi-label run's findings); all (image, target)
-        pairs of the batch go through each CAM method in one batched call, and LIME shares
-        one set of perturbed samples among an image's targets.
+        pairs of the batch go through each CAM method in one batched call, and LIME and Kernel
+        SHAP share one set of perturbed samples among an image's targets.
 
         Returns:
             ``(probabilities N×K, fields)``: one dict of ``predictions.csv`` fields
             (see :func:`column_names`) per record, plus a ``"details"`` entry for the
-            JSON output (LIME's superpixel weights and top regions).
+            JSON output (LIME's and Kernel SHAP's superpixel weights and top regions).
         """
         resized = self.predictor.resize([r.pixels for r in records])
         model_batch = self.predictor.preprocess(resized)
@@ -290,7 +314,7 @@ class Explainer:
             if method in self.cams:
                 maps = self._cam_maps(method, model_batch, jobs, cam_results.get(method), fields)
             else:
-                maps = self._lime_maps(resized, targets, fields)
+                maps = self._superpixel_maps(method, resized, targets, fields)
             for (i, t), saliency in zip(jobs, maps, strict=True):
                 target = self.predictor.target_name(t)
                 fields[i].update(self._write(method, records[i], stems[i] + _file_part(target), saliency,
@@ -304,9 +328,14 @@ class Explainer:
                     fields[i][f"{key}_insertion_auc"] = round(
                         insertion_auc(self.predict_rgb, resized[i], positive, int(t),
                                       steps=self.options.faithfulness_steps), 4)
+                if self.options.road:
+                    road = road_scores(self.predict_rgb, resized[i], saliency, int(t), seed=self.options.seed)
+                    key = _key(slug, target)
+                    fields[i][f"{key}_road_morf"] = round(road["road_morf"], 4)
+                    fields[i][f"{key}_road_lerf"] = round(road["road_lerf"], 4)
             self.seconds[method] += time.perf_counter() - started
         for item in fields:
-            for name in [k for k in item if k.startswith("_lime")]:
+            for name in [k for k in item if k.startswith("_sp_")]:
                 item.pop(name)
         return probabilities, fields
 
@@ -340,26 +369,28 @@ class Explainer:
                 fields[i][f"{key}_completeness"] = round(extras[j]["completeness"], 4)
         return maps
 
-    def _lime_maps(self, resized: np.ndarray, targets: list[list[int]], fields: list[dict[str, Any]]
-                   ) -> list[np.ndarray]:
-        """LIME maps in job order; one sample set per image, shared by its targets."""
+    def _superpixel_maps(self, method: str, resized: np.ndarray, targets: list[list[int]],
+                         fields: list[dict[str, Any]]) -> list[np.ndarray]:
+        """LIME or Kernel SHAP maps in job order; one sample set per image, shared by its targets."""
         maps = []
+        explainer = self.superpixel[method]
         for i, image_targets in enumerate(targets):
             if not image_targets:
                 continue
-            for t, lime in zip(image_targets, self.lime.explain_many(resized[i], list(image_targets)), strict=True):
-                key = _key("lime", self.predictor.target_name(t))
+            for t, lime in zip(image_targets, explainer.explain_many(resized[i], list(image_targets)), strict=True):
+                key = _key(METHODS[method], self.predictor.target_name(t))
                 maps.append(lime.map)
                 fields[i][f"{key}_fit_r2"] = round(lime.score, 4)
                 fields[i]["details"][key] = {
                     "weights": [round(float(w), 6) for w in lime.weights],
+                    "intercept": round(float(lime.intercept), 6),
                     "top_positive": lime.top_regions(self.options.lime_top_k, positive=True),
                     "top_negative": lime.top_regions(self.options.lime_top_k, positive=False),
                     "segments": int(lime.segments.max()) + 1,
                     "samples": lime.num_samples,
                 }
-                fields[i]["_lime_segments"] = lime.segments
-                fields[i][f"_lime_peak_{key}"] = lime.peak()
+                fields[i]["_sp_segments"] = lime.segments
+                fields[i][f"_sp_peak_{key}"] = lime.peak()
         return maps
 
     def _cams(self, model_batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -380,9 +411,9 @@ class Explainer:
         slug = METHODS[method]
         height, width = record.pixels.shape[:2]
         full = resize_map(saliency, (height, width))
-        if method == "lime":
+        if method in SUPERPIXEL:
             overlay = signed_overlay(record.pixels, full, alpha=min(1.0, self.options.alpha + 0.2))
-            segments = cv2.resize(item["_lime_segments"].astype(np.int32), (width, height),
+            segments = cv2.resize(item["_sp_segments"].astype(np.int32), (width, height),
                                   interpolation=cv2.INTER_NEAREST)
             details = item["details"][key]
             _outline_regions(overlay, segments, details["top_negative"], _RED)
@@ -395,9 +426,9 @@ class Explainer:
         map_path = save_npy(self.folder / f"{stem}.{slug}.npy", saliency.astype(np.float32))
         peak_value = float(positive.max())
         row, col = _peak(positive)
-        if method == "lime" and item.get(f"_lime_peak_{key}") is not None:
+        if method in SUPERPIXEL and item.get(f"_sp_peak_{key}") is not None:
             # Centre of the strongest superpixel, mapped to the original image.
-            model_row, model_col = item[f"_lime_peak_{key}"]
+            model_row, model_col = item[f"_sp_peak_{key}"]
             row = min(height - 1, int((model_row + 0.5) * height / saliency.shape[0]))
             col = min(width - 1, int((model_col + 0.5) * width / saliency.shape[1]))
         fields: dict[str, Any] = {
@@ -408,13 +439,13 @@ class Explainer:
             f"{key}_area": round(float(np.mean(positive >= 0.5 * peak_value)), 4) if peak_value > 0 else 0.0,
         }
         if self.options.masks:
-            fields[f"{key}_pointing"] = self._pointing(record, positive, row, col, peak_value,
-                                                       self.predictor.target_name(target))
+            mask = self._mask(record, positive.shape, self.predictor.target_name(target))
+            fields[f"{key}_pointing"] = "" if mask is None else int(peak_value > 0 and mask[row, col] > 0)
+            fields[f"{key}_energy"] = "" if mask is None else round(energy_pointing(positive, mask), 4)
         return fields
 
-    def _pointing(self, record: ImageRecord, positive: np.ndarray, row: int, col: int, peak: float,
-                  target: str | None = None) -> Any:
-        """1 when the map's peak lies in the image's lesion mask, 0 when not, blank without a mask.
+    def _mask(self, record: ImageRecord, shape: tuple[int, ...], target: str | None = None) -> np.ndarray | None:
+        """The image's lesion mask at ``shape``, or None (no mask, unreadable, or empty: no lesion).
 
         A multi-label finding's mask is ``<stem>_<finding>`` (e.g. ``case_01_nodule.png``),
         else the image's one mask."""
@@ -422,15 +453,13 @@ class Explainer:
         mask_path = self.options.masks.get(f"{stem}_{target.lower()}") if target else None
         mask_path = mask_path or (None if target else self.options.masks.get(stem))
         if mask_path is None or record.frame not in (None, 0):
-            return ""
+            return None
         try:
             mask = read_image(mask_path).pixels
         except MedlensError as exc:
             log.warning("mask %s unreadable: %s", mask_path, exc)
-            return ""
+            return None
         mask = mask.max(axis=-1) if mask.ndim == 3 else mask
-        if mask.shape != positive.shape:
-            mask = cv2.resize(mask.astype(np.float32), positive.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        if not (mask > 0).any():
-            return ""  # no lesion: the pointing game does not apply
-        return int(peak > 0 and mask[row, col] > 0)
+        if mask.shape != tuple(shape):
+            mask = cv2.resize(mask.astype(np.float32), tuple(shape)[::-1], interpolation=cv2.INTER_NEAREST)
+        return mask if (mask > 0).any() else None  # no lesion: the pointing game does not apply

@@ -12,7 +12,9 @@ measure this with the model itself:
   better.
 
 The pointing game (Zhang et al., 2016) needs no model: it asks whether the
-map's maximum falls inside a ground-truth mask (e.g. a lesion outline).
+map's maximum falls inside a ground-truth mask (e.g. a lesion outline); its
+energy-based form (Wang et al., Score-CAM, 2020) asks what share of the map's
+positive mass lies inside, so a map is not judged by one pixel.
 
 Every function takes a ``predict_fn``: a callable from a ``(B, H, W, 3)``
 ``float32`` batch of RGB images in ``0..255`` to ``(B, K)`` class probabilities.
@@ -55,6 +57,7 @@ __all__ = [
     "insertion_auc",
     "pointing_game",
     "pointing_game_rate",
+    "energy_pointing",
     "random_saliency",
     "summarize",
 ]
@@ -373,6 +376,30 @@ def pointing_game(saliency: np.ndarray, mask: np.ndarray, tolerance_px: float = 
     points = np.argwhere(inside)
     distance_sq = (points[:, 0] - row) ** 2 + (points[:, 1] - col) ** 2
     return bool(distance_sq.min() <= tolerance_px**2)
+
+
+def energy_pointing(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the map's positive energy inside ``mask`` (the map resized to the mask first).
+
+    0 for a map with no positive value.
+
+    Raises:
+        ValueError: An empty or malformed mask.
+
+    Example:
+        >>> mask = np.zeros((4, 4)); mask[:2, :2] = 1
+        >>> saliency = np.zeros((4, 4)); saliency[0, 0] = 3.0; saliency[3, 3] = 1.0
+        >>> energy_pointing(saliency, mask)
+        0.75
+    """
+    target = np.asarray(mask)
+    if target.ndim == 3 and target.shape[2] == 1:
+        target = target[:, :, 0]
+    if target.ndim != 2 or not (target > 0).any():
+        raise ValueError(f"mask must be a non-empty 2-D array; got shape {np.shape(mask)}")
+    positive = np.clip(resize_map(saliency, target.shape), 0.0, None)
+    total = float(positive.sum())
+    return 0.0 if total <= 0 else float(positive[target > 0].sum() / total)
 
 
 def pointing_game_rate(

@@ -5,11 +5,17 @@ No heavy imports here: the report reads it without starting a deep-learning back
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "TITLES"]
+__all__ = ["ALIASES", "METHODS", "SUPERPIXEL", "TITLES"]
 
 #: Method name (as given to ``--explain``) → file and column slug.
 METHODS: dict[str, str] = {"gradcam": "gradcam", "gradcam++": "gradcampp", "lime": "lime", "gradient": "gradient",
-                           "smoothgrad": "smoothgrad", "ig": "ig"}
+                           "smoothgrad": "smoothgrad", "ig": "ig", "occlusion": "occlusion", "kernelshap": "kernelshap"}
 #: Slug → the name shown to people (report layers, DICOM series descriptions).
 TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "lime": "LIME", "gradient": "Gradient",
-                          "smoothgrad": "SmoothGrad", "ig": "Integrated Gradients"}
+                          "smoothgrad": "SmoothGrad", "ig": "Integrated Gradients", "occlusion": "Occlusion",
+                          "kernelshap": "Kernel SHAP"}
+#: Methods whose maps are signed superpixel weights (green for, red against), not ``[0, 1]`` heatmaps.
+SUPERPIXEL: frozenset[str] = frozenset({"lime", "kernelshap"})
+#: Other spellings accepted by ``--explain``.
+ALIASES: dict[str, str] = {"gradcampp": "gradcam++", "grad-cam": "gradcam", "grad-cam++": "gradcam++", "shap": "kernelshap",
+                           "kernel-shap": "kernelshap", "kernel_shap": "kernelshap", "integrated-gradients": "ig"}

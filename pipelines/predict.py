@@ -29,6 +29,7 @@ from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.evaluation.multilabel import positive_findings
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
 from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
+from medlens.pipelines.methods import SUPERPIXEL
 from medlens.pipelines.run_eval import load_run_model
 from medlens.pipelines.rundir import (
     RunDir,
@@ -601,7 +602,7 @@ def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None,
             "methods": list(explain.methods),
             "class": explain.class_name,
             "findings": explain.findings if isinstance(predictor, MultiLabelPredictor) else None,
-            "lime_samples": explain.lime_samples if "lime" in explain.methods else None,
+            "lime_samples": explain.lime_samples if SUPERPIXEL & set(explain.methods) else None,
             "seed": explain.seed,
             "seconds": {m: round(t, 3) for m, t in explainer.seconds.items()},
         },

@@ -1,0 +1,351 @@
+"""The explanation benchmark's method table: every medlens method on one model and one image set.
+
+Part of ``benchmarks/explain.py`` (``--parts methods``); see its docstring. For the demo's small
+CNN trained on synthetic phantoms with known lesion masks (64 px), on the correctly classified
+positives of a fresh phantom set, each method gets:
+
+* **deletion / insertion AUC** (RISE, blurred baseline, 20 steps), **ROAD** MoRF / LeRF means
+  (noisy linear imputation, 10–90 % removed), **pointing game** (peak in the lesion; the centre
+  of the strongest superpixel for LIME / Kernel SHAP) and **energy** inside the lesion;
+* **randomisation**: the cascading weight-randomisation check of ``medlens sanity``
+  (:func:`medlens.pipelines.sanity.randomisation_check`) — Spearman, SSIM and HOG similarity
+  after full randomisation and the verdict;
+* **stability**: max-sensitivity under uniform noise of 2 % of the value range (8 draws);
+* **cost**: seconds per image, and as a multiple of one forward pass of the same batch.
+
+Peers on the same model, superpixels and images: the ``shap`` package's model-agnostic
+``KernelExplainer`` (aim: medlens Kernel SHAP ≥ 5× faster at equal deletion AUC), tf-keras-vis
+``Saliency`` (with and without SmoothGrad) on a flat model (aim: faster, same maps within
+tolerance), and Quantus (whether it installs and runs beside Keras 3; its MPRT if it does).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AIM_SHAP_SPEEDUP = 5.0  # shap KernelExplainer / medlens Kernel SHAP, at equal deletion AUC
+SUPERPIXEL_VARIANTS = (("LIME (slic)", "lime", "slic"), ("LIME (felzenszwalb)", "lime", "felzenszwalb"),
+                       ("LIME (quickshift)", "lime", "quickshift"), ("Kernel SHAP (slic)", "kernelshap", "slic"))
+MAP_METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("Gradient", "gradient"),
+               ("SmoothGrad", "smoothgrad"), ("Integrated Gradients (blur)", "ig"), ("Occlusion", "occlusion"))
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:200]
+
+
+def demo_positives(runs: Path, images: int) -> dict[str, Any]:
+    """The demo CNN (trained once into ``runs/run``) and the correctly classified positives of fresh phantoms."""
+    from medlens.app.demo import demo_config
+    from medlens.pipelines.evaluate import to_probabilities
+    from medlens.pipelines.io import read_image
+    from medlens.pipelines.phantoms import write_phantoms
+    from medlens.pipelines.predict import Predictor
+    from medlens.pipelines.train import train
+
+    phantoms, fresh, run = runs / "phantoms", runs / "fresh", runs / "run"
+    if not (run / "model.keras").is_file():
+        write_phantoms(phantoms, count=320, size=64, seed=1)
+        train(demo_config(phantoms), run, overwrite=True)
+    if not (fresh / "manifest.csv").is_file():
+        write_phantoms(fresh, count=images * 2, size=64, seed=21, positive_fraction=1.0)
+    predictor = Predictor(run)
+    manifest = list(csv.DictReader((fresh / "manifest.csv").open()))
+    raw = [read_image(fresh / r["path"]).pixels for r in manifest]
+    probabilities = predictor.predict_pixels(raw)
+    # Correctly classified positives only: an explanation of a wrong answer has no lesion to find.
+    keep = [i for i, p in enumerate(probabilities) if predictor.label_for(p) == "lesion"][:images]
+
+    def predict_fn(batch: np.ndarray) -> np.ndarray:
+        return to_probabilities(np.asarray(predictor.model.predict_on_batch(predictor.preprocess(batch))), 2)
+
+    resized = predictor.resize([raw[i] for i in keep])
+    return {"run": run, "predictor": predictor, "predict_fn": predict_fn, "resized": resized,
+            "batch": predictor.preprocess(resized), "target": predictor.class_names.index("lesion"),
+            "files": [fresh / manifest[i]["path"] for i in keep],
+            "masks": [read_image(fresh / manifest[i]["mask"]).pixels[..., 0] > 0 for i in keep]}
+
+
+def _scores(setup: dict[str, Any], maps: list[np.ndarray], peaks: list[Any] | None, steps: int) -> dict[str, float]:
+    from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, pointing_game
+    from medlens.pipelines.robustness import road_scores
+
+    predict_fn, target = setup["predict_fn"], setup["target"]
+    rows = []
+    for k, (image, saliency, mask) in enumerate(zip(setup["resized"], maps, setup["masks"], strict=True)):
+        positive = np.clip(saliency, 0.0, None)
+        hit = pointing_game(positive, mask) if peaks is None else (peaks[k] is not None and bool(mask[peaks[k]]))
+        rows.append({"deletion_auc": deletion_auc(predict_fn, image, positive, target, steps=steps),
+                     "insertion_auc": insertion_auc(predict_fn, image, positive, target, steps=steps),
+                     **road_scores(predict_fn, image, positive, target), "pointing_game": float(hit),
+                     "energy": energy_pointing(positive, mask)})
+    return {name: round(float(np.mean([r[name] for r in rows])), 4) for name in rows[0]} | {"n": len(rows)}
+
+
+def _superpixel(setup: dict[str, Any], method: str, segmentation: str, samples: int):
+    from medlens.pipelines.explain import ExplainOptions, build_superpixel_method
+
+    options = ExplainOptions(methods=(method,), lime_samples=samples, lime_segmentation=segmentation,
+                             lime_batch_size=256)
+    return build_superpixel_method(method, setup["predict_fn"], options)
+
+
+def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_images: int) -> dict[str, Any]:
+    """Maps, scores, cost and stability of every method (randomisation is added by :func:`randomisation`)."""
+    from medlens.pipelines.explain import ExplainOptions, build_map_method
+    from medlens.pipelines.faithfulness import random_saliency
+    from medlens.pipelines.robustness import max_sensitivity
+
+    predictor, batch, target = setup["predictor"], setup["batch"], setup["target"]
+    count = len(batch)
+    model = predictor.model
+    model.predict_on_batch(batch)  # warm-up
+    started = time.perf_counter()
+    model.predict_on_batch(batch)
+    forward = (time.perf_counter() - started) / count
+    rows: dict[str, Any] = {}
+    options = ExplainOptions(methods=tuple(m for _, m in MAP_METHODS), ig_baseline="blur")
+    stable = slice(0, stability_images)
+    for title, name in MAP_METHODS:
+        method = build_map_method(name, model, options, predictor.preprocess)
+        method(batch[:2], class_index=target)  # compile outside the timing
+        started = time.perf_counter()
+        maps = list(method(batch, class_index=target).maps)
+        seconds = (time.perf_counter() - started) / count
+        sensitivity = max_sensitivity(lambda b, m=method: m(b, class_index=target).maps, batch[stable])
+        rows[title] = {"method": name, **_scores(setup, maps, None, steps), "seconds_per_image": round(seconds, 4),
+                       "x_forward": round(seconds / forward, 1),
+                       "max_sensitivity": round(float(np.median(sensitivity)), 4)}
+    for title, name, segmentation in SUPERPIXEL_VARIANTS:
+        explainer = _superpixel(setup, name, segmentation, samples)
+        started = time.perf_counter()
+        results = [explainer.explain(image, class_index=target) for image in setup["resized"]]
+        seconds = (time.perf_counter() - started) / count
+
+        def superpixel_maps(images: np.ndarray, e: Any = explainer) -> np.ndarray:
+            return np.stack([e.explain(image, class_index=target).map for image in images])
+
+        sensitivity = max_sensitivity(superpixel_maps, setup["resized"][stable].astype(np.float32))
+        rows[title] = {"method": name, "segmentation": segmentation, "samples": samples,
+                       "segments": round(float(np.mean([r.segments.max() + 1 for r in results])), 1),
+                       **_scores(setup, [r.map for r in results], [r.peak() for r in results], steps),
+                       "seconds_per_image": round(seconds, 4), "x_forward": round(seconds / forward, 1),
+                       "max_sensitivity": round(float(np.median(sensitivity)), 4)}
+    rows["random map"] = {"method": "random",
+                          **_scores(setup, [random_saliency(m.shape, seed=i) for i, m in enumerate(setup["masks"])],
+                                    None, steps)}
+    return {"rows": rows, "forward_seconds_per_image": round(forward, 6)}
+
+
+def randomisation(setup: dict[str, Any], rows: dict[str, Any], images: int, samples: int) -> None:
+    """Add each method's cascading-randomisation similarity and verdict to its row."""
+    from medlens.pipelines.explain import ExplainOptions
+    from medlens.pipelines.sanity import randomisation_check
+
+    methods = tuple(dict.fromkeys(r["method"] for r in rows.values() if r["method"] != "random"))
+    checks = randomisation_check(setup["run"], setup["files"][:images], methods, write=False,
+                                 options=ExplainOptions(methods=methods, lime_samples=samples, ig_baseline="blur",
+                                                        lime_batch_size=256))
+    for row in rows.values():
+        item = checks["methods"].get(row["method"])
+        if item is None or row.get("segmentation", "slic") != "slic":
+            continue
+        final = item["stages"][-1]
+        row["randomised"] = {"spearman": final["spearman"], "ssim": final["ssim"], "hog": final["hog"],
+                             "verdict": item["verdict"], "images": checks["images"]}
+
+
+def shap_peer(setup: dict[str, Any], samples: list[int], steps: int) -> dict[str, Any]:
+    """The shap package's KernelExplainer on medlens's superpixels against medlens Kernel SHAP."""
+    from medlens.pipelines.faithfulness import deletion_auc
+    from medlens.pipelines.superpixels import segment_image
+
+    try:
+        import shap
+    except ImportError:
+        return {"error": "the shap package is not installed"}
+    predict_fn, target, resized = setup["predict_fn"], setup["target"], setup["resized"]
+    biggest = max(samples)
+    explainer = _superpixel(setup, "kernelshap", "slic", biggest)
+    deletions, seconds = [], 0.0
+    for image in resized:
+        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 or image.shape[-1] == 1 else image
+        rgb = rgb.reshape(*rgb.shape[:2], 3).astype(np.float32)
+        segments = segment_image(rgb)
+        fill = explainer._fill_image(rgb, segments, int(segments.max()) + 1)
+
+        def coalitions(z: np.ndarray, rgb=rgb, segments=segments, fill=fill) -> np.ndarray:
+            keep = z.astype(bool)[:, segments]
+            return predict_fn(np.where(keep[..., None], rgb, fill))[:, target]
+
+        count = int(segments.max()) + 1
+        started = time.perf_counter()
+        peer = shap.KernelExplainer(coalitions, np.zeros((1, count)))
+        values = np.asarray(peer.shap_values(np.ones((1, count)), nsamples=biggest, silent=True)).reshape(-1)
+        seconds += time.perf_counter() - started
+        deletions.append(deletion_auc(predict_fn, image, np.clip(values[segments], 0, None), target, steps=steps))
+    result: dict[str, Any] = {"settings": f"shap {shap.__version__} KernelExplainer, {biggest} samples, the same "
+                                          "SLIC superpixels and blurred fill", "n": len(resized),
+                              "deletion_auc": round(float(np.mean(deletions)), 4),
+                              "seconds_per_image": round(seconds / len(resized), 4), "medlens": []}
+    for count in samples:
+        mine = _superpixel(setup, "kernelshap", "slic", count)
+        started = time.perf_counter()
+        results = [mine.explain(image, class_index=target) for image in resized]
+        mine_seconds = (time.perf_counter() - started) / len(resized)
+        auc = np.mean([deletion_auc(predict_fn, image, r.positive_map, target, steps=steps)
+                       for image, r in zip(resized, results, strict=True)])
+        result["medlens"].append({"samples": count, "deletion_auc": round(float(auc), 4),
+                                  "seconds_per_image": round(mine_seconds, 4)})
+    reaching = [r for r in result["medlens"] if r["deletion_auc"] <= result["deletion_auc"]]
+    best = min(reaching, key=lambda r: r["seconds_per_image"]) if reaching else None
+    result["medlens_samples_to_match"] = best and best["samples"]
+    result["speedup_at_equal_deletion_auc"] = best and round(result["seconds_per_image"] / best["seconds_per_image"], 2)
+    same = next(r for r in result["medlens"] if r["samples"] == biggest)
+    result["speedup_at_equal_samples"] = round(result["seconds_per_image"] / same["seconds_per_image"], 2)
+    result["meets_aim"] = bool(best) and result["speedup_at_equal_deletion_auc"] >= AIM_SHAP_SPEEDUP
+    return result
+
+
+def tf_keras_vis_peer(size: int = 64, batch: int = 16) -> dict[str, Any]:
+    """tf-keras-vis Saliency (vanilla, SmoothGrad) on a flat VGG16 against medlens on the nested one."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return {"error": f"tf-keras-vis needs TensorFlow; backend is {keras.backend.backend()}"}
+    try:
+        from tf_keras_vis.saliency import Saliency
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+        from tf_keras_vis.utils.scores import CategoricalScore
+    except ImportError:
+        return {"error": "tf-keras-vis is not installed"}
+    from explain import transfer_models
+
+    from medlens.pipelines.saliency import SmoothGrad, VanillaGradient
+
+    nested, flat = transfer_models(size)
+    images = np.random.default_rng(0).uniform(-110, 140, (batch, size, size, 3)).astype(np.float32)
+    score = CategoricalScore([1] * batch)
+    peer = Saliency(flat, model_modifier=ReplaceToLinear(), clone=True)
+    result: dict[str, Any] = {"model": f"vgg16 {size}x{size}, batch {batch} (tf-keras-vis on a flat copy)"}
+    for name, mine, kwargs in (("Saliency", VanillaGradient(nested, batch_size=batch), {}),
+                               ("SmoothGrad", SmoothGrad(nested, samples=16, noise=0.15, batch_size=batch * 16),
+                                {"smooth_samples": 16, "smooth_noise": 0.15})):
+        peer(score, images[:2], **kwargs), mine(images[:2], class_index=1)  # compile
+        started = time.perf_counter()
+        theirs = np.asarray(peer(score, images, **kwargs))
+        peer_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        ours = mine(images, class_index=1).maps
+        mine_seconds = time.perf_counter() - started
+
+        def unit(m: np.ndarray) -> np.ndarray:
+            low, high = m.min(axis=(1, 2), keepdims=True), m.max(axis=(1, 2), keepdims=True)
+            return (m - low) / np.where(high > low, high - low, 1.0)
+
+        agreement = [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(unit(theirs), unit(ours), strict=True)]
+        result[name] = {"peer_seconds": round(peer_seconds, 3), "medlens_seconds": round(mine_seconds, 3),
+                        "speedup": round(peer_seconds / mine_seconds, 2),
+                        "max_abs_difference": round(float(np.abs(unit(theirs) - unit(ours)).max()), 4),
+                        "pearson_mean": round(float(np.mean(agreement)), 4)}
+    return result
+
+
+def quantus_peer(setup: dict[str, Any], images: int) -> dict[str, Any]:
+    """Whether Quantus imports and runs its MPRT beside Keras 3 (on medlens's Grad-CAM maps)."""
+    try:
+        import quantus
+    except Exception as exc:  # not installed, or it breaks on import
+        return {"installs": False, "error": _error_line(exc)}
+    from medlens.pipelines.gradcam import GradCAM
+
+    result: dict[str, Any] = {"installs": True, "version": quantus.__version__}
+
+    def explain_func(model: Any, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
+        return GradCAM(model)(np.asarray(inputs, np.float32), class_index=np.asarray(targets)).maps[:, None]
+
+    try:
+        metric = quantus.ModelParameterRandomisation(similarity_func=quantus.similarity_func.correlation_spearman,
+                                                     layer_order="top_down", disable_warnings=True)
+        x = setup["batch"][:images]
+        scores = metric(model=setup["predictor"].model, x_batch=x, y_batch=np.full(len(x), setup["target"]),
+                        a_batch=None, explain_func=explain_func, channel_first=False)
+        result["mprt"] = {str(k): round(float(np.mean(v)), 4) for k, v in dict(scores).items()}
+    except Exception as exc:
+        result["runs"] = False
+        result["error"] = _error_line(exc)
+    return result
+
+
+def methods_part(runs: Path, images: int, samples: int, steps: int, quick: bool) -> dict[str, Any]:
+    setup = demo_positives(runs, images)
+    stability = 4 if quick else 8
+    table = method_rows(setup, samples, steps, stability)
+    randomisation(setup, table["rows"], 4 if quick else 16, samples)
+    return {"model": "demo small CNN (global max pooling), phantoms 64x64, correctly classified positives",
+            "steps": steps, "samples": samples, "stability_images": stability, **table,
+            "shap_package": shap_peer(setup, [100, 250, 500, 1000] if not quick else [50, 100], steps),
+            "tf_keras_vis": tf_keras_vis_peer(), "quantus": quantus_peer(setup, 4 if quick else 8)}
+
+
+def methods_markdown(part: dict[str, Any]) -> list[str]:
+    lines = [f"## Every method: {part['model']}", "",
+             f"{part['rows']['Grad-CAM']['n']} images. Deletion / insertion AUC ({part['steps']} steps, blurred "
+             "baseline; lower / higher is better); ROAD MoRF / LeRF: mean probability with 10–90 % of the pixels "
+             "removed most / least relevant first and filled by noisy linear imputation (lower / higher is "
+             "better); pointing: the peak inside the lesion; energy: share of the map inside it; randomised: "
+             "Spearman / SSIM / HOG similarity to the trained model's maps after cascading randomisation of every "
+             f"layer, and the verdict (fail at Spearman ≥ 0.5); stability: median max-sensitivity over "
+             f"{part['stability_images']} images (2 % noise, 8 draws; lower is steadier); × fwd: seconds per image "
+             f"over one forward pass ({part['forward_seconds_per_image'] * 1000:.2f} ms). Superpixel methods: "
+             f"{part['samples']} samples.", "",
+             "| method | deletion | insertion | ROAD MoRF | ROAD LeRF | pointing | energy | randomised (ρ / SSIM / HOG) "
+             "| verdict | stability | s / image | × fwd |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in part["rows"].items():
+        rnd = row.get("randomised")
+        similarity = f"{rnd['spearman']} / {rnd['ssim']} / {rnd['hog']}" if rnd else ""
+        lines.append(f"| {name} | {row['deletion_auc']} | {row['insertion_auc']} | {row['road_morf']} | "
+                     f"{row['road_lerf']} | {row['pointing_game']} | {row['energy']} | {similarity} | "
+                     f"{rnd['verdict'] if rnd else ''} | {row.get('max_sensitivity', '')} | "
+                     f"{row.get('seconds_per_image', '')} | {row.get('x_forward', '')} |")
+    peer = part["shap_package"]
+    lines.append("")
+    if "error" in peer:
+        lines.append(f"shap package: {peer['error']}")
+    else:
+        lines += [f"**Kernel SHAP vs the shap package** ({peer['settings']}): shap deletion AUC "
+                  f"{peer['deletion_auc']}, {peer['seconds_per_image']} s / image.", "",
+                  "| medlens Kernel SHAP samples | deletion AUC | s / image |", "|---|---|---|"]
+        lines += [f"| {r['samples']} | {r['deletion_auc']} | {r['seconds_per_image']} |" for r in peer["medlens"]]
+        match = (f"medlens reaches shap's deletion AUC with {peer['medlens_samples_to_match']} samples: "
+                 f"**{peer['speedup_at_equal_deletion_auc']}× faster**" if peer["medlens_samples_to_match"]
+                 else "medlens does not reach shap's deletion AUC at these sample counts")
+        lines += ["", f"{match}; at equal samples {peer['speedup_at_equal_samples']}× (aim ≥ {AIM_SHAP_SPEEDUP}× at "
+                      f"equal deletion AUC: **{'met' if peer['meets_aim'] else 'missed'}**)."]
+    peer = part["tf_keras_vis"]
+    lines.append("")
+    if "error" in peer:
+        lines.append(f"tf-keras-vis: {peer['error']}")
+    else:
+        lines += [f"**tf-keras-vis** ({peer['model']}):", "",
+                  "| method | tf-keras-vis s | medlens s | medlens faster by | max abs difference (min-max scaled) "
+                  "| Pearson |", "|---|---|---|---|---|---|"]
+        for name in ("Saliency", "SmoothGrad"):
+            r = peer[name]
+            lines.append(f"| {name} | {r['peer_seconds']} | {r['medlens_seconds']} | {r['speedup']}× | "
+                         f"{r['max_abs_difference']} | {r['pearson_mean']} |")
+    peer = part["quantus"]
+    lines += [""]
+    if not peer.get("installs"):
+        lines.append(f"Quantus does not install or import: {peer['error']}")
+    elif "error" in peer:
+        lines.append(f"Quantus {peer['version']} imports beside Keras 3 but its MPRT fails on a Keras 3 model: "
+                     f"`{peer['error']}`")
+    else:
+        lines.append(f"Quantus {peer['version']} MPRT (Spearman per layer, top down): {peer['mprt']}")
+    return lines + [""]

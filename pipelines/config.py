@@ -83,6 +83,9 @@ class DataConfig:
     balanced_sampling: bool = False
     batch_size: int = 32
     cache: bool = True
+    # The data-randomisation sanity check (medlens sanity --data): train and val labels permuted
+    # (seeded), test labels kept, so the model can only memorise and its test metrics show chance.
+    shuffle_labels: bool = False
 
     def column(self, role: str) -> str:
         """The manifest column holding ``role`` (``image``, ``label``, ``patient_id``, ``split``)."""

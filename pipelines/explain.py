@@ -40,7 +40,7 @@ from skimage.segmentation import find_boundaries
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
 from medlens.pipelines.gradcam import GradCAM
-from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
+from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
 from medlens.pipelines.io import ImageRecord, list_images, read_image
 from medlens.pipelines.kernel_shap import KernelShapExplainer
 from medlens.pipelines.lime import LimeExplainer
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # Methods called like Grad-CAM (batch, class_index) → maps; the superpixel methods explain image by image.
 _CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradient": VanillaGradient, "smoothgrad": SmoothGrad,
-         "ig": IntegratedGradients, "occlusion": Occlusion}
+         "ig": IntegratedGradients, "occlusion": Occlusion, "hirescam": HiResCAM, "layercam": LayerCAM}
 _SUPERPIXEL = {"lime": LimeExplainer, "kernelshap": KernelShapExplainer}
 _GREEN = np.array([0, 255, 0], np.uint8)
 _RED = np.array([255, 0, 0], np.uint8)

@@ -410,6 +410,10 @@ class GradCAM:
         """N×c channel weights: the spatial mean of the gradients (Grad-CAM)."""
         return gradients.mean(axis=(1, 2))
 
+    def _cam(self, activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+        """N×h×w map before the ReLU: the activations summed with the channel weights."""
+        return np.einsum("nhwc,nc->nhw", activations, self._channel_weights(activations, gradients))
+
     def _check_images(self, images: Any) -> np.ndarray:
         pixels = np.asarray(images, dtype=np.float32)
         expected = tuple(self.model.inputs[0].shape[1:])
@@ -463,8 +467,7 @@ class GradCAM:
         for start in range(0, pixels.shape[0], self.batch_size):
             chunk = slice(start, start + self.batch_size)
             activations, gradients, output = class_score_gradients(grad_model, pixels[chunk], indices[chunk])
-            weights = self._channel_weights(activations, gradients)
-            cam = np.einsum("nhwc,nc->nhw", activations, weights)
+            cam = self._cam(activations, gradients)
             raw_parts.append(np.maximum(cam, 0.0).astype(np.float32))
             output_parts.append(output)
         raw = np.concatenate(raw_parts)

@@ -9,13 +9,15 @@ __all__ = ["ALIASES", "METHODS", "SUPERPIXEL", "TITLES"]
 
 #: Method name (as given to ``--explain``) → file and column slug.
 METHODS: dict[str, str] = {"gradcam": "gradcam", "gradcam++": "gradcampp", "lime": "lime", "gradient": "gradient",
-                           "smoothgrad": "smoothgrad", "ig": "ig", "occlusion": "occlusion", "kernelshap": "kernelshap"}
+                           "smoothgrad": "smoothgrad", "ig": "ig", "occlusion": "occlusion", "kernelshap": "kernelshap",
+                           "hirescam": "hirescam", "layercam": "layercam"}
 #: Slug → the name shown to people (report layers, DICOM series descriptions).
 TITLES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "lime": "LIME", "gradient": "Gradient",
                           "smoothgrad": "SmoothGrad", "ig": "Integrated Gradients", "occlusion": "Occlusion",
-                          "kernelshap": "Kernel SHAP"}
+                          "kernelshap": "Kernel SHAP", "hirescam": "HiRes-CAM", "layercam": "Layer-CAM"}
 #: Methods whose maps are signed superpixel weights (green for, red against), not ``[0, 1]`` heatmaps.
 SUPERPIXEL: frozenset[str] = frozenset({"lime", "kernelshap"})
 #: Other spellings accepted by ``--explain``.
 ALIASES: dict[str, str] = {"gradcampp": "gradcam++", "grad-cam": "gradcam", "grad-cam++": "gradcam++", "shap": "kernelshap",
-                           "kernel-shap": "kernelshap", "kernel_shap": "kernelshap", "integrated-gradients": "ig"}
+                           "kernel-shap": "kernelshap", "kernel_shap": "kernelshap", "integrated-gradients": "ig",
+                           "hires-cam": "hirescam", "layer-cam": "layercam"}

@@ -34,6 +34,7 @@ from medlens.pipelines.evaluate import (
     plot_roc,
     to_probabilities,
 )
+from medlens.pipelines.evaluation.runs import card_opening
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
@@ -160,11 +161,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     test = metrics.get("test", {})
     counts = state.get("data_report", {}).get("class_counts", {})
     lines = [
-        f"# Model card: {cfg.get('name', run.root.name)}",
-        "",
-        "**Decision support only.** This model has not been cleared for clinical use; every output must be",
-        "reviewed by a qualified clinician.",
-        "",
+        *card_opening(cfg, run),
         "## Model",
         f"- Task: {state.get('task')} into {', '.join(state.get('class_names', []))}",
         f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "

@@ -139,19 +139,25 @@ class VanillaGradient:
                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts).astype(np.float64)
 
-    def _resolve(self, images: Any, class_index: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _resolve(self, images: Any, class_index: Any, *, probabilities: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Pixels, class indices and (when asked, or needed for the predicted class) the probabilities."""
         pixels = np.asarray(images, np.float32)
         if pixels.ndim != 4:
             raise ValueError(f"images must be N×H×W×C, got shape {pixels.shape}")
         indices = self._indices(class_index, len(pixels))
-        if (indices < 0).any():  # the predicted class, from one forward pass
-            predicted = _as_probabilities(self.model.predict_on_batch(pixels)).argmax(axis=1)
-            indices = np.where(indices < 0, predicted, indices).astype(np.int32)
-        return pixels, indices, _as_probabilities(self.model.predict_on_batch(pixels))
+        output = None
+        if probabilities or (indices < 0).any():  # one forward pass
+            output = _as_probabilities(self.model.predict_on_batch(pixels))
+        if (indices < 0).any():  # the predicted class
+            indices = np.where(indices < 0, output.argmax(axis=1), indices).astype(np.int32)
+        return pixels, indices, output
 
     def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None) -> SaliencyResult:
-        pixels, indices, probabilities = self._resolve(images, class_index)
-        gradients, _ = self.gradients(pixels, indices)
+        pixels, indices, probabilities = self._resolve(images, class_index, probabilities=False)
+        gradients, output = self.gradients(pixels, indices)
+        if probabilities is None:  # the gradient step's own output: no second forward pass
+            probabilities = _as_probabilities(output)
         raw = np.abs(gradients).max(axis=-1)
         maps, empty = _normalise(raw)
         return SaliencyResult(maps, raw, indices, probabilities, self.layer, empty)

@@ -207,10 +207,12 @@ def segment_image(
         else:
             segments = felzenszwalb(rgb, channel_axis=-1, **options)
     elif method == "quickshift":
-        # lime's defaults; quickshift needs three channels (it works in Lab).
+        # lime's defaults and lime's input: the image in 0..255 (quickshift converts it to Lab as if it were
+        # 0..1, so colour distances are large and a bright lesion becomes a region of its own; on 0..1 input
+        # these settings merge a grey image into 3-7 regions). Quickshift needs three channels.
         options = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2, "rng": seed}
         options.update(kwargs)
-        segments = quickshift(rgb, channel_axis=-1, **options)
+        segments = quickshift(rgb * 255.0, channel_axis=-1, **options)
     else:
         raise ValueError(f"segmentation must be one of {SEGMENTATIONS}; got {method!r}")
     return _relabel(np.asarray(segments))

@@ -542,6 +542,16 @@ def _frozen_top(cfg: RunConfig, sequences: dict[str, ClassificationSequence], ba
     return hook
 
 
+def shuffle_labels(dataset: Any, seed: int) -> None:
+    """Permute the train and val labels in place (seeded; test labels kept): a data-randomisation model."""
+    rng = np.random.default_rng([seed, 0x5A17])
+    for split in ("train", "val"):
+        source = dataset.splits[split]
+        source.labels = source.labels[rng.permutation(len(source.labels))]
+    log.warning("data.shuffle_labels: train and val labels permuted; this run is a sanity-check model, "
+                "not a classifier")
+
+
 def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] | None, *, verbose: int,
                      callbacks: list[keras.callbacks.Callback] | None, started: float,
                      distribution: Distribution) -> TrainResult:
@@ -556,6 +566,8 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
     for split in ("train", "val", "test"):
         if split not in dataset.splits or len(dataset.splits[split]) == 0:
             raise ConfigError(f"dataset has no {split!r} split; set data.val_fraction/test_fraction above 0")
+    if cfg.data.shuffle_labels:
+        shuffle_labels(dataset, cfg.seed)
     log.info("%s %s; counts %s", task.output_kind, class_names,
              dataset.report.get("class_counts") or dataset.report.get("finding_counts"))
 

@@ -232,7 +232,8 @@ def test_explain_command_named_class_faithfulness_and_errors(tiny_run, phantom_d
 
 def test_parse_methods():
     assert parse_methods("gradcam, Grad-CAM++ ,lime,gradcam") == ("gradcam", "gradcam++", "lime")
-    assert parse_methods("SHAP,kernel-shap,occlusion") == ("kernelshap", "occlusion")
+    assert parse_methods("SHAP,kernel-shap,occlusion,Layer-CAM,hirescam") == ("kernelshap", "occlusion", "layercam",
+                                                                          "hirescam")
     assert parse_methods(["gradcampp"]) == ("gradcam++",)
 
 

@@ -1,4 +1,4 @@
-"""Grad-CAM and Grad-CAM++ on nested transfer classifiers, plain CNNs, batches and backends."""
+"""Grad-CAM and its variants on nested transfer classifiers, plain CNNs, batches and backends."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.gradcam import CamResult, GradCAM, build_gradient_model, find_target_layer
-from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
+from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
 from medlens.pipelines.gradients import class_score_gradients
 from medlens.pipelines.phantoms import make_phantom
 
@@ -180,6 +180,26 @@ def test_gradcam_plus_plus_batched():
     for i in range(len(images)):
         np.testing.assert_allclose(cam(images[i : i + 1]).maps[0], batch.maps[i], atol=1e-5)
     assert not np.allclose(batch.raw, explainer("small_cnn")(images).raw)
+
+
+def test_hirescam_and_layercam_from_the_same_gradients():
+    keras.utils.set_random_seed(3)
+    images = np.random.default_rng(4).random((3, SIZE, SIZE, 3)).astype(np.float32) * 255
+    for pooling in ("avg", "max"):
+        inputs = keras.Input((SIZE, SIZE, 3))
+        features = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255)(inputs))
+        pooled = (keras.layers.GlobalAveragePooling2D() if pooling == "avg" else keras.layers.GlobalMaxPooling2D())(
+            features)
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probabilities")(pooled))
+        hires, layer, grad = HiResCAM(model)(images, 1), LayerCAM(model)(images, 1), GradCAM(model)(images, 1)
+        grad_model = build_gradient_model(model, hires.layer)
+        activations, gradients, _ = class_score_gradients(grad_model, images, [1, 1, 1])
+        np.testing.assert_allclose(hires.raw, np.maximum((activations * gradients).sum(-1), 0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.raw, (activations * np.maximum(gradients, 0)).sum(-1), rtol=1e-5, atol=1e-6)
+        if pooling == "avg":  # a linear head on the averaged map: HiRes-CAM is Grad-CAM (Draelos & Carin 2020)
+            np.testing.assert_allclose(hires.raw, grad.raw, rtol=1e-4, atol=1e-6)
+        else:  # max pooling: the gradient sits on one position per channel, the two differ
+            assert not np.allclose(hires.raw, grad.raw, atol=1e-6)
 
 
 def test_named_layers_inside_and_outside_the_backbone():

@@ -37,28 +37,44 @@ def fmt(value: Any) -> str:
 
 def card_opening(cfg: dict[str, Any], run: RunDir) -> list[str]:
     """The title and the decision-support notice every model card opens with."""
-    return [f"# Model card: {cfg.get('name', run.root.name)}", "",
-            "**Decision support only.** This model has not been cleared for clinical use; every output must be",
-            "reviewed by a qualified clinician.", ""]
+    lines = [f"# Model card: {cfg.get('name', run.root.name)}", "",
+             "**Decision support only.** This model has not been cleared for clinical use; every output must be",
+             "reviewed by a qualified clinician.", ""]
+    if (cfg.get("data") or {}).get("shuffle_labels"):
+        lines += ["**Trained on shuffled labels** (`data.shuffle_labels`): a data-randomisation model for the "
+                  "explanation sanity check. It has learned nothing about the images; never use it to predict.", ""]
+    return lines
 
 
 _CARD_HEADING = "## Explanation checks"
 
 
 def write_checks_to_card(run_dir: str | Path, checks: dict[str, Any]) -> Path:
-    """Add (or replace) the model card's section on the randomisation check."""
+    """Add (or replace) the model card's section on the explanation sanity checks (either or both kinds)."""
     run = RunDir(run_dir)
     card = run.card_path.read_text() if run.card_path.is_file() else ""
     card = card.split(_CARD_HEADING)[0].rstrip() + "\n\n" if card else ""
-    lines = [_CARD_HEADING, "",
-             f"Cascading weight randomisation on {checks['images']} image(s): a method fails when its maps keep a "
-             f"mean Spearman rank correlation ≥ {checks['fail_at']} with the trained model's after every weight is "
-             "re-drawn (its maps would then not depend on what the model learned).", "",
-             "| method | Spearman after the head | after full randomisation | verdict |", "|---|---|---|---|"]
-    for item in checks["methods"].values():
-        lines.append(f"| {item['title']} | {item['stages'][0]['spearman']:.3f} | {item['final_spearman']:.3f} | "
-                     f"**{item['verdict']}** |")
-    return atomic_write_text(run.card_path, card + "\n".join(lines) + "\n")
+    lines = [_CARD_HEADING, ""]
+    if checks.get("methods"):
+        lines += [f"Cascading weight randomisation on {checks['images']} image(s): a method fails when its maps keep "
+                  f"a mean Spearman rank correlation ≥ {checks['fail_at']} with the trained model's after every weight "
+                  "is re-drawn (its maps would then not depend on what the model learned).", "",
+                  "| method | Spearman after the head | after full randomisation | verdict |", "|---|---|---|---|"]
+        for item in checks["methods"].values():
+            lines.append(f"| {item['title']} | {item['stages'][0]['spearman']:.3f} | {item['final_spearman']:.3f} | "
+                         f"**{item['verdict']}** |")
+        lines.append("")
+    data = checks.get("data_randomisation")
+    if data:
+        lines += [f"Data randomisation on {data['images']} image(s): the same recipe trained on shuffled labels "
+                  f"(`{data['model']}`); a method fails when its maps keep a mean Spearman ≥ {data['fail_at']} with "
+                  "the trained model's.", "",
+                  "| method | Spearman | SSIM | HOG | verdict |", "|---|---|---|---|---|"]
+        for item in data["methods"].values():
+            lines.append(f"| {item['title']} | {item['spearman']:.3f} | {item['ssim']:.3f} | {item['hog']:.3f} | "
+                         f"**{item['verdict']}** |")
+        lines.append("")
+    return atomic_write_text(run.card_path, card + "\n".join(lines).rstrip() + "\n")
 
 
 def finish_card(run: RunDir, text: str) -> Path:

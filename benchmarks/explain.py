@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. gpu-jax")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    parser.add_argument("--vgg-images", type=int, default=8, help="VGG16 table: positives explained")
+    parser.add_argument("--vgg-samples", type=int, default=150, help="VGG16 table: LIME / Kernel SHAP samples")
     parser.add_argument("--merge", action="store_true",
                         help="start from the existing result file and replace only the parts run now")
     args = parser.parse_args(argv)
@@ -442,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         from explain_methods import vgg_part
 
         _say("5/5 every method on a VGG16 transfer model at 128 px …")
-        report["methods_vgg"] = vgg_part(args.runs_dir, 8 if not args.quick else 4, 150 if not args.quick else 50,
+        report["methods_vgg"] = vgg_part(args.runs_dir, args.vgg_images if not args.quick else 4,
+                                         args.vgg_samples if not args.quick else 50,
                                          20, args.quick, size=128 if not args.quick else 64)
     if not report.get("merged_runs"):
         report["total_seconds"] = round(time.time() - started, 1)

@@ -25,7 +25,7 @@ from medlens.app.pacs_cli import (
     push_outputs,
 )
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.methods import METHODS
+from medlens.pipelines.methods import METHODS, SEGMENTATION_METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -166,11 +166,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     RunDir(args.run).require()
     _quiet_backend()
     from medlens.pipelines.predict import expand_inputs
-    from medlens.pipelines.segpredict import segment_paths
+    from medlens.pipelines.segpredict import segment_paths, segmentation_methods
     from medlens.pipelines.segtrain import SegModel
     from medlens.pipelines.shards import parse_shard, select_shard
 
     shard = parse_shard(args.shard)
+    methods = segmentation_methods(args.method or args.explain)  # unknown methods: refused before the model loads
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
     if shard is not None and not args.out:
         raise ConfigError("--shard needs --out: every shard writes OUT/shard-I-of-N for `medlens merge OUT`")
     deidentifier = _deidentifier(args)
@@ -183,9 +186,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     files, _ = select_shard(expanded[0], shard)
     with _progress_bar(len(files), "segment") as bar:
         result = segment_paths(args.run, args.inputs, out, overwrite=args.overwrite, resume=args.resume,
-                               explain=args.explain, threshold=args.threshold, progress=bar.update, model=model,
+                               explain=methods, threshold=args.threshold, progress=bar.update, model=model,
                                shard=shard, expanded=expanded, probability_volumes=args.probability_volumes,
-                               deidentifier=deidentifier, match_scale=args.match_scale)
+                               deidentifier=deidentifier, match_scale=args.match_scale,
+                               explain_samples=args.samples)
     print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
           + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
     if result.volumes:
@@ -623,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--explain", action="store_true", help="also write a Seg-Grad-CAM overlay of each mask")
+    p.add_argument("--method", metavar="METHODS",
+                   help="explain each predicted mask with these (implies --explain): "
+                        f"{', '.join(SEGMENTATION_METHODS)} (comma-separated)")
+    p.add_argument("--samples", type=int, help="LIME, Kernel SHAP: perturbed samples per image (default 1000)")
     p.add_argument("--threshold", type=float, help="probability threshold (default: the run's)")
     p.add_argument("--match-scale", action="store_true",
                    help="resample inputs to the run's training scale (pixel spacing, else fundus FOV diameter) "

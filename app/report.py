@@ -169,13 +169,17 @@ class _Files:
 
 
 def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: tuple[int, int],
-            targets: list[str | None] | None = None) -> list[dict]:
-    """Explanation maps as coloured RGBA layers at the original's size (one per method and target)."""
+            targets: list[str | None] | None = None, *, of_mask: bool = False) -> list[dict]:
+    """Explanation maps as coloured RGBA layers at the original's size (one per method and target).
+
+    ``of_mask``: the row is a segmentation's, its maps explain the predicted mask (named so)."""
     layers = []
     height, width = shape
     for (method_slug, method_title), target in ((m, t) for t in (targets or [None]) for m in _METHODS):
         slug = method_slug if target is None else f"{method_slug}_{target}"
         title = method_title if target is None else f"{method_title}: {target}"
+        if of_mask and method_slug != "seggradcam":
+            title += " of the mask"
         map_path = row.get(f"{slug}_map")
         if not map_path or not (folder / map_path).is_file():
             continue
@@ -189,7 +193,8 @@ def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: 
         else:
             rgb = colorize(saliency)
             alpha = np.full((height, width), 255, np.uint8)
-        layer = {"name": title, "src": files.rgba(f"{case}.{slug}.png", rgb, alpha), "target": target or ""}
+        name = f"{case}.{'mask-' if of_mask else ''}{slug}.png"
+        layer = {"name": title, "src": files.rgba(name, rgb, alpha), "target": target or ""}
         deletion = row.get(f"{slug}_deletion_auc")
         if deletion not in (None, ""):
             layer["deletion_auc"] = deletion
@@ -309,6 +314,7 @@ def write_report(
                 item["layers"].append({"name": "Segmentation", "src": files.rgba(f"{case}.segmentation.png", red,
                                                                                   inside * 200)})
                 item["foreground"] = float(seg["foreground_fraction"])
+                item["layers"] += _layers(files, case, seg_folder, seg, (height, width), of_mask=True)
             else:
                 problems.append(f"{seg_folder / seg['mask']}: missing or not the image's size")
         cases.append(item)

@@ -41,6 +41,7 @@ from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
 from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
+from medlens.pipelines.guided import GuidedBackprop
 from medlens.pipelines.io import ImageRecord, list_images, read_image
 from medlens.pipelines.kernel_shap import KernelShapExplainer
 from medlens.pipelines.lime import LimeExplainer
@@ -59,14 +60,19 @@ log = logging.getLogger(__name__)
 
 # Methods called like Grad-CAM (batch, class_index) → maps; the superpixel methods explain image by image.
 _CAMS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradient": VanillaGradient, "smoothgrad": SmoothGrad,
-         "ig": IntegratedGradients, "occlusion": Occlusion, "hirescam": HiResCAM, "layercam": LayerCAM}
+         "ig": IntegratedGradients, "occlusion": Occlusion, "hirescam": HiResCAM, "layercam": LayerCAM,
+         "guided": GuidedBackprop}
 _SUPERPIXEL = {"lime": LimeExplainer, "kernelshap": KernelShapExplainer}
 _GREEN = np.array([0, 255, 0], np.uint8)
 _RED = np.array([255, 0, 0], np.uint8)
 
 
-def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+def parse_methods(methods: str | Sequence[str], choices: dict[str, str] = METHODS,
+                  aliases: dict[str, str] = ALIASES) -> tuple[str, ...]:
     """``"gradcam,lime"`` (or a list) → validated, de-duplicated method names in the given order.
+
+    ``choices``/``aliases``: the accepted names (default the classifier methods; ``segment``
+    passes :data:`~medlens.pipelines.methods.SEGMENTATION_METHODS`).
 
     Raises:
         ConfigError: An unknown method, or none at all.
@@ -75,15 +81,15 @@ def parse_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     names: list[str] = []
     for item in items:
         name = item.strip().lower()
-        name = ALIASES.get(name, name)
+        name = aliases.get(name, name)
         if not name:
             continue
-        if name not in METHODS:
-            raise ConfigError(f"unknown explanation method {item.strip()!r}; choose from {', '.join(METHODS)}")
+        if name not in choices:
+            raise ConfigError(f"unknown explanation method {item.strip()!r}; choose from {', '.join(choices)}")
         if name not in names:
             names.append(name)
     if not names:
-        raise ConfigError(f"no explanation method given; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"no explanation method given; choose from {', '.join(choices)}")
     return tuple(names)
 
 
@@ -145,10 +151,13 @@ class ExplainOptions:
     occlusion_fill: str = "blur"
 
 
-def build_map_method(method: str, model: Any, options: ExplainOptions, preprocess: Any) -> Any:
+def build_map_method(method: str, model: Any, options: ExplainOptions, preprocess: Any,
+                     batch_size: int | None = None) -> Any:
     """The object computing ``method``'s maps (``(batch, class_index) → result``) for ``model``.
 
-    Every method but the superpixel ones (LIME, Kernel SHAP); used by the explainer and by the sanity checks (on randomised copies).
+    Every method but the superpixel ones (LIME, Kernel SHAP); used by the explainer, by the
+    sanity checks (on randomised copies) and, for the input-saliency methods, by ``segment``.
+    ``batch_size``: images per gradient call (default each method's own).
     """
     if method not in _CAMS:
         raise ConfigError(f"{method} has no batched map object (LIME and Kernel SHAP explain image by image)")
@@ -157,7 +166,8 @@ def build_map_method(method: str, model: Any, options: ExplainOptions, preproces
                 "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline, "preprocess": preprocess},
                 "occlusion": {"window": options.occlusion_window, "fill": options.occlusion_fill,
                               "preprocess": preprocess}}
-    return _CAMS[method](model, options.target_layer, **settings.get(method, {}))
+    sizes = {} if batch_size is None else {"batch_size": int(batch_size)}
+    return _CAMS[method](model, options.target_layer, **settings.get(method, {}), **sizes)
 
 
 def build_superpixel_method(method: str, predict_fn: Any, options: ExplainOptions) -> Any:

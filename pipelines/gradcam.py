@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +253,7 @@ def build_gradient_model(
     image_shape: Sequence[int] | None = None,
     *,
     inline_all: bool = False,
+    replace: Callable[[Any], Any] | None = None,
 ) -> keras.Model:
     """A model ``[images, delta] → [activations, class scores, output]`` for Grad-CAM.
 
@@ -268,6 +269,8 @@ def build_gradient_model(
             (required when the model accepts any size).
         inline_all: Also inline nested models after the target layer, so the scores are the
             output layer's logits even when the target lies outside them (input saliency).
+        replace: Called with each layer on the way; a layer it returns is called instead
+            (sharing the original's weights: guided backprop's ReLUs, :mod:`medlens.pipelines.guided`).
 
     Returns:
         The gradient model; its first output layer name is ``target_layer``'s.
@@ -306,7 +309,8 @@ def build_gradient_model(
             return keras.layers.Add(name="gradcam_delta")([activations, delta])
         if id(layer) in containers:
             return run(layer, args[0])
-        outputs = layer(*args, **kwargs)
+        stand_in = replace(layer) if replace is not None else None
+        outputs = (stand_in or layer)(*args, **kwargs)
         found["last"] = (layer, args, outputs)
         return outputs
 

@@ -52,7 +52,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["class_score_gradients", "region_score_gradients", "PREDICTED"]
+__all__ = ["class_score_gradients", "region_score_gradients", "region_targets", "PREDICTED"]
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +281,36 @@ def region_score_gradients(
     if weights.ndim < 2 or weights.shape[0] != len(images):
         raise ValueError(f"weights must hold one array per image; got shape {weights.shape} for {len(images)} images")
     return _gradients(grad_model, images, weights)
+
+
+def region_targets(regions: Any, shape: Sequence[int], score_units: int, output_units: int,
+                   class_index: int = 0) -> np.ndarray:
+    """Weights for :func:`region_score_gradients`: ``regions`` in the explained score channel.
+
+    Args:
+        regions: N×H×W (or H×W, for every image) weights, 1 inside the region.
+        shape: ``(N, H, W)`` of the batch.
+        score_units: Score channels of the gradient model (a one-sigmoid output has 2: ``[-z, z]``).
+        output_units: Channels of the model's own output.
+        class_index: Output channel explained (0 for one sigmoid channel: its score channel is 1).
+
+    Raises:
+        ValueError: ``class_index`` is not an output channel, or ``regions`` is not the batch's size.
+
+    Example:
+        >>> region_targets(np.ones((2, 2)), (1, 2, 2), 2, 1).shape
+        (1, 2, 2, 2)
+    """
+    if not 0 <= class_index < max(1, output_units):
+        raise ValueError(f"class_index must be in 0..{max(1, output_units) - 1}, got {class_index}")
+    count, height, width = (int(v) for v in shape)
+    region = np.asarray(regions, np.float32)
+    if region.shape[-2:] != (height, width) or region.ndim not in (2, 3):
+        raise ValueError(f"regions are {region.shape}, the images {height}×{width}")
+    channel = 1 if score_units == 2 and output_units == 1 else class_index
+    weights = np.zeros((count, height, width, score_units), np.float32)
+    weights[..., channel] = np.broadcast_to(region, (count, height, width))
+    return weights
 
 
 def _gradients(grad_model: keras.Model, images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:

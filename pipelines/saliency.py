@@ -29,6 +29,12 @@ unchanged.
 Maps are ``[0, 1]`` at the input size, each normalised by its own maximum (``empty`` where it
 is all zero).
 
+**Regions of a segmentation output.** Every method also explains a segmentation model: call
+it with ``regions`` (N×H×W, 1 inside the region, e.g. the predicted mask) instead of a class,
+and the score is the class logit summed over the region (as Seg-Grad-CAM's,
+:mod:`medlens.pipelines.seg_gradcam`); occlusion then measures the drop of the region's mean
+probability. ``class_index`` names the output channel (default 0, the one sigmoid channel).
+
 Example:
     >>> import numpy as np
     >>> from medlens.models.classifier import build_classifier
@@ -50,9 +56,14 @@ import numpy as np
 
 from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.gradcam import CamResult, build_gradient_model
-from medlens.pipelines.gradients import PREDICTED, class_score_gradients
+from medlens.pipelines.gradients import (
+    PREDICTED,
+    class_score_gradients,
+    region_score_gradients,
+    region_targets,
+)
 
-__all__ = ["IntegratedGradients", "Occlusion", "SaliencyResult", "SmoothGrad", "VanillaGradient"]
+__all__ = ["IntegratedGradients", "Occlusion", "SaliencyResult", "SmoothGrad", "VanillaGradient", "as_probabilities"]
 
 _INPUT_LAYER = "saliency_input"
 
@@ -64,9 +75,29 @@ class SaliencyResult(CamResult):
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _as_probabilities(output: np.ndarray) -> np.ndarray:
+def as_probabilities(output: np.ndarray) -> np.ndarray:
+    """A model's output as per-class probabilities on the last axis: a classifier's N×K, a
+    segmentation model's N×H×W×K (one sigmoid channel becomes ``[1 − p, p]`` either way).
+
+    Example:
+        >>> as_probabilities(np.full((1, 2, 2, 1), 0.25)).shape
+        (1, 2, 2, 2)
+    """
     output = np.asarray(output)
+    if output.ndim > 2:  # a dense (segmentation) output: one sigmoid channel becomes [1 - p, p]
+        output = output.astype(np.float64)
+        return np.concatenate([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
     return to_probabilities(output) if output.ndim == 1 or output.shape[-1] == 1 else output.astype(np.float64)
+
+
+def _pick(values: np.ndarray, targets: np.ndarray, *, mean: bool = False) -> np.ndarray:
+    """Each image's target score: ``values[i, class_i]``, or for region weights ``Σ values · weights``
+    (``mean``: divided by the weights' sum, the region's mean)."""
+    if targets.ndim == 1:
+        return values[np.arange(len(values)), targets]
+    weights = targets.reshape(len(targets), -1).astype(np.float64)
+    total = (np.asarray(values, np.float64).reshape(len(values), -1) * weights).sum(axis=1)
+    return total / np.maximum(weights.sum(axis=1), 1e-12) if mean else total
 
 
 def _baselines(pixels: np.ndarray, baseline: str | np.ndarray,
@@ -81,6 +112,13 @@ def _baselines(pixels: np.ndarray, baseline: str | np.ndarray,
     black = np.zeros((1, *pixels.shape[1:]), np.float32)
     black = preprocess(black) if preprocess is not None else black
     return np.broadcast_to(np.asarray(black, np.float32), pixels.shape).copy()
+
+
+def _explained(targets: np.ndarray) -> np.ndarray:
+    """The result's per-image class: the indices, or for region weights the channel they select."""
+    if targets.ndim == 1:
+        return targets
+    return targets.reshape(len(targets), -1, targets.shape[-1]).sum(axis=1).argmax(axis=1).astype(np.int32)
 
 
 def _normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,12 +159,15 @@ class VanillaGradient:
         return np.full(count, int(indices[0]), np.int32) if indices.size == 1 else indices
 
     def gradients(self, images: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(∂s/∂x, model output)`` for a batch, ``batch_size`` images per call."""
+        """``(∂s/∂x, model output)`` for a batch, ``batch_size`` images per call.
+
+        ``indices``: one class per image, or region weights of the scores' shape (N×H×W×K)."""
         grad_model = self._gradient_model(tuple(images.shape[1:]))
+        score_gradients = region_score_gradients if indices.ndim > 1 else class_score_gradients
         grads, outputs = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            _, gradient, output = class_score_gradients(grad_model, images[chunk], indices[chunk])
+            _, gradient, output = score_gradients(grad_model, images[chunk], indices[chunk])
             grads.append(gradient)
             outputs.append(output)
         return np.concatenate(grads), np.concatenate(outputs)
@@ -139,28 +180,38 @@ class VanillaGradient:
                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts).astype(np.float64)
 
-    def _resolve(self, images: Any, class_index: Any, *, probabilities: bool = True
+    def _resolve(self, images: Any, class_index: Any, *, probabilities: bool = True, regions: Any = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Pixels, class indices and (when asked, or needed for the predicted class) the probabilities."""
+        """Pixels, targets (class indices, or region weights) and (when asked, or needed for the
+        predicted class) the probabilities."""
         pixels = np.asarray(images, np.float32)
         if pixels.ndim != 4:
             raise ValueError(f"images must be N×H×W×C, got shape {pixels.shape}")
+        if regions is not None:
+            grad_model = self._gradient_model(tuple(pixels.shape[1:]))
+            weights = region_targets(regions, pixels.shape[:3], grad_model.outputs[1].shape[-1],
+                                     self.model.outputs[0].shape[-1], 0 if class_index is None else int(class_index))
+            output = as_probabilities(self.model.predict_on_batch(pixels)) if probabilities else None
+            return pixels, weights, output
         indices = self._indices(class_index, len(pixels))
         output = None
         if probabilities or (indices < 0).any():  # one forward pass
-            output = _as_probabilities(self.model.predict_on_batch(pixels))
+            output = as_probabilities(self.model.predict_on_batch(pixels))
         if (indices < 0).any():  # the predicted class
             indices = np.where(indices < 0, output.argmax(axis=1), indices).astype(np.int32)
         return pixels, indices, output
 
-    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None) -> SaliencyResult:
-        pixels, indices, probabilities = self._resolve(images, class_index, probabilities=False)
+    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None, *,
+                 regions: np.ndarray | None = None) -> SaliencyResult:
+        """Maps of a batch for ``class_index`` (default: the predicted class), or for ``regions``
+        of a segmentation output (see the module docstring)."""
+        pixels, indices, probabilities = self._resolve(images, class_index, probabilities=False, regions=regions)
         gradients, output = self.gradients(pixels, indices)
         if probabilities is None:  # the gradient step's own output: no second forward pass
-            probabilities = _as_probabilities(output)
+            probabilities = as_probabilities(output)
         raw = np.abs(gradients).max(axis=-1)
         maps, empty = _normalise(raw)
-        return SaliencyResult(maps, raw, indices, probabilities, self.layer, empty)
+        return SaliencyResult(maps, raw, _explained(indices), probabilities, self.layer, empty)
 
 
 class SmoothGrad(VanillaGradient):
@@ -175,17 +226,18 @@ class SmoothGrad(VanillaGradient):
             raise ValueError(f"SmoothGrad needs samples >= 1 and noise >= 0, got {samples}, {noise}")
         self.samples, self.noise, self.seed = int(samples), float(noise), int(seed)
 
-    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None) -> SaliencyResult:
-        pixels, indices, probabilities = self._resolve(images, class_index)
+    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None, *,
+                 regions: np.ndarray | None = None) -> SaliencyResult:
+        pixels, indices, probabilities = self._resolve(images, class_index, regions=regions)
         rng = np.random.default_rng(self.seed)
         spread = (pixels.reshape(len(pixels), -1).max(1) - pixels.reshape(len(pixels), -1).min(1))
         noisy = np.repeat(pixels, self.samples, axis=0)
         noisy += rng.normal(size=noisy.shape).astype(np.float32) * (self.noise * np.repeat(spread, self.samples)
                                                                     )[:, None, None, None].astype(np.float32)
-        gradients, _ = self.gradients(noisy, np.repeat(indices, self.samples))
+        gradients, _ = self.gradients(noisy, np.repeat(indices, self.samples, axis=0))
         raw = np.abs(gradients).max(axis=-1).reshape(len(pixels), self.samples, *pixels.shape[1:3]).mean(axis=1)
         maps, empty = _normalise(raw)
-        return SaliencyResult(maps, raw, indices, probabilities, self.layer, empty)
+        return SaliencyResult(maps, raw, _explained(indices), probabilities, self.layer, empty)
 
 
 class IntegratedGradients(VanillaGradient):
@@ -213,21 +265,21 @@ class IntegratedGradients(VanillaGradient):
         """The baseline of each image, model-ready."""
         return _baselines(pixels, self.baseline, self.preprocess)
 
-    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None) -> SaliencyResult:
-        pixels, indices, probabilities = self._resolve(images, class_index)
+    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None, *,
+                 regions: np.ndarray | None = None) -> SaliencyResult:
+        pixels, indices, probabilities = self._resolve(images, class_index, regions=regions)
         base = self.baselines(pixels)
         alphas = (np.arange(self.steps, dtype=np.float32) + 0.5) / self.steps
         path = base[:, None] + alphas[None, :, None, None, None] * (pixels - base)[:, None]
-        gradients, _ = self.gradients(path.reshape(-1, *pixels.shape[1:]), np.repeat(indices, self.steps))
+        gradients, _ = self.gradients(path.reshape(-1, *pixels.shape[1:]), np.repeat(indices, self.steps, axis=0))
         mean_gradient = gradients.reshape(len(pixels), self.steps, *pixels.shape[1:]).mean(axis=1)
         attributions = (pixels - base) * mean_gradient
-        picked = np.arange(len(pixels))
-        difference = self.scores(pixels)[picked, indices] - self.scores(base)[picked, indices]
+        difference = _pick(self.scores(pixels), indices) - _pick(self.scores(base), indices)
         total = attributions.reshape(len(pixels), -1).sum(axis=1)
         completeness = np.abs(total - difference) / np.maximum(np.abs(difference), 1e-6)
         raw = np.clip(attributions.sum(axis=-1), 0.0, None)
         maps, empty = _normalise(raw)
-        return SaliencyResult(maps, raw, indices, probabilities, self.layer, empty,
+        return SaliencyResult(maps, raw, _explained(indices), probabilities, self.layer, empty,
                               {"completeness": completeness.astype(np.float64),
                                "score_difference": difference.astype(np.float64)})
 
@@ -281,8 +333,9 @@ class Occlusion(VanillaGradient):
         step = max(1, round(self.stride * side))
         return [(r, c, side) for r in window_starts(height, side, step) for c in window_starts(width, side, step)]
 
-    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None) -> SaliencyResult:
-        pixels, indices, probabilities = self._resolve(images, class_index)
+    def __call__(self, images: Any, class_index: int | Sequence[int] | np.ndarray | None = None, *,
+                 regions: np.ndarray | None = None) -> SaliencyResult:
+        pixels, indices, probabilities = self._resolve(images, class_index, regions=regions)
         count, height, width = pixels.shape[:3]
         fill = _baselines(pixels, self.fill, self.preprocess)
         positions = self.windows(height, width)
@@ -292,13 +345,13 @@ class Occlusion(VanillaGradient):
         coverage = hidden.sum(axis=0).astype(np.float64)
         pairs = [(n, k) for n in range(count) for k in range(len(positions))]
         drops = np.zeros((count, len(positions)))
+        original = _pick(probabilities, indices, mean=True)
         for start in range(0, len(pairs), self.batch_size):
             chunk = np.array(pairs[start:start + self.batch_size])
             occluded = np.where(hidden[chunk[:, 1], :, :, None], fill[chunk[:, 0]], pixels[chunk[:, 0]])
-            scores = _as_probabilities(self.model.predict_on_batch(occluded))
-            drops[chunk[:, 0], chunk[:, 1]] = probabilities[chunk[:, 0], indices[chunk[:, 0]]] - \
-                scores[np.arange(len(chunk)), indices[chunk[:, 0]]]
+            scores = as_probabilities(self.model.predict_on_batch(occluded))
+            drops[chunk[:, 0], chunk[:, 1]] = original[chunk[:, 0]] - _pick(scores, indices[chunk[:, 0]], mean=True)
         raw = np.einsum("nk,khw->nhw", drops, hidden.astype(np.float64)) / coverage
         maps, empty = _normalise(np.clip(raw, 0.0, None))
-        return SaliencyResult(maps, raw.astype(np.float32), indices, probabilities, self.layer, empty,
+        return SaliencyResult(maps, raw.astype(np.float32), _explained(indices), probabilities, self.layer, empty,
                               {"max_drop": drops.max(axis=1)})

@@ -33,7 +33,7 @@ import numpy as np
 
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.gradcam import GradCAM, _upsample_and_normalise
-from medlens.pipelines.gradients import region_score_gradients
+from medlens.pipelines.gradients import region_score_gradients, region_targets
 
 __all__ = ["SegCamResult", "SegGradCAM", "box_region"]
 
@@ -121,7 +121,6 @@ class SegGradCAM(GradCAM):
         pixels = self._check_images(images)
         grad_model = self.gradient_model(tuple(pixels.shape[1:]))
         units = grad_model.outputs[1].shape[-1]  # binary outputs are expanded to 2 score channels
-        channel = 1 if units == 2 and self.model.outputs[0].shape[-1] == 1 else self.class_index
         raw_parts, output_parts, region_parts = [], [], []
         for start in range(0, pixels.shape[0], self.batch_size):
             chunk = pixels[start:start + self.batch_size]
@@ -130,11 +129,10 @@ class SegGradCAM(GradCAM):
                 region = (output[..., self.class_index] >= self.threshold).astype(np.float32)
             else:
                 region = np.asarray(regions, np.float32)
+                if region.shape[-2:] != chunk.shape[1:3]:
+                    raise ValueError(f"regions are {region.shape[-2:]}, the images {chunk.shape[1:3]}")
                 region = np.broadcast_to(region, (pixels.shape[0], *pixels.shape[1:3]))[start:start + len(chunk)]
-                if region.shape[1:] != chunk.shape[1:3]:
-                    raise ValueError(f"regions are {region.shape[1:]}, the images {chunk.shape[1:3]}")
-            weights = np.zeros((len(chunk), *chunk.shape[1:3], units), np.float32)
-            weights[..., channel] = region
+            weights = region_targets(region, chunk.shape[:3], units, self.model.outputs[0].shape[-1], self.class_index)
             activations, gradients, output = region_score_gradients(grad_model, chunk, weights)
             cam = np.einsum("nhwc,nc->nhw", activations, self._channel_weights(activations, gradients))
             raw_parts.append(np.maximum(cam, 0.0).astype(np.float32))

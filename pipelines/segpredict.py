@@ -9,8 +9,9 @@ written under the output folder:
   runs), the same size as the input;
 - ``probabilities/NAME-HASH.png``: the foreground probability as a 16-bit PNG (0..65535);
 - ``overlays/NAME-HASH.png``: the mask tinted and outlined on the original (RGB);
-- with ``explain``, ``explanations/NAME-HASH.seg-gradcam.png``: Seg-Grad-CAM of the
-  predicted mask;
+- with ``explain``, ``explanations/NAME-HASH.SLUG.png`` and ``.npy``: each method's map of
+  the predicted mask (Seg-Grad-CAM, ``seggradcam``, by default; the input-saliency methods
+  on request), overlaid on the original;
 - for each **volume** (a NIfTI volume, a multi-frame DICOM, or a DICOM series: single-frame
   files of one series, ordered by position, see :mod:`medlens.pipelines.volumes`):
   ``volumes/NAME-HASH.nii.gz`` (the label map on the input's voxel grid), for DICOM input
@@ -19,7 +20,8 @@ written under the output folder:
   ``volumes.csv`` (:data:`VOLUME_COLUMNS`);
 - ``segmentation.csv``: ``path, frame, sha256, mask, probability, overlay,
   foreground_fraction, foreground_pixels, components, largest_component, seconds`` (and
-  ``explanation``); ``errors.csv``: every input that could not be read or segmented.
+  ``explanation``, the first method's overlay, and ``SLUG_overlay, SLUG_map, SLUG_inside``
+  per method); ``errors.csv``: every input that could not be read or segmented.
 
 ``resume`` keeps the rows of an earlier run into the same folder whose input file has the
 same SHA-256 (content, not name) and whose outputs are still there, and segments the rest;
@@ -33,7 +35,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,8 @@ import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.io import ImageRecord, read_image
-from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_png
+from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
+from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_npy, save_png, signed_overlay
 from medlens.pipelines.predict import expand_inputs, read_records
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
@@ -61,7 +64,7 @@ from medlens.pipelines.volumes import (
 )
 from medlens.pipelines.volumes import volume_digest as volume_digest_of
 
-__all__ = ["SegmentResult", "segment_paths", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
+__all__ = ["SegmentResult", "segment_paths", "segmentation_methods", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ COLUMNS = ["path", "frame", "sha256", "mask", "probability", "overlay", "foregro
            "foreground_pixels", "components", "largest_component", "seconds"]
 VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg",
                   "probability_volume", "foreground_voxels", "foreground_ml", "slices_with_foreground", "note"]
-_EXPLAIN_SIDE = 1024  # Seg-Grad-CAM runs on a copy whose longer side is at most this
+_EXPLAIN_SIDE = 1024  # explanations run on a copy whose longer side is at most this
+_EXPLAIN_BATCH = 4  # images (noisy copies, path points, occluded copies) per gradient or forward call
 
 
 @dataclass
@@ -91,7 +95,7 @@ def _stem(record: ImageRecord, digest: str) -> str:
     return f"{name}-{digest[:8]}{frame}"
 
 
-def _previous_rows(out: Path) -> dict[str, list[dict[str, str]]]:
+def _previous_rows(out: Path, explain_columns: Sequence[str] = ()) -> dict[str, list[dict[str, str]]]:
     """Rows of an earlier ``segmentation.csv`` whose outputs all still exist, by input path."""
     table = out / "segmentation.csv"
     if not table.is_file():
@@ -99,7 +103,8 @@ def _previous_rows(out: Path) -> dict[str, list[dict[str, str]]]:
     kept: dict[str, list[dict[str, str]]] = {}
     with open(table, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", "explanation") if row.get(k)]
+            outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", *explain_columns)
+                       if row.get(k) and not k.endswith("_inside")]
             if all((out / p).is_file() for p in outputs):
                 kept.setdefault(os.path.realpath(row["path"]), []).append(row)
     return kept
@@ -169,15 +174,38 @@ def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarr
 
 
 class _Explainer:
-    """Seg-Grad-CAM of the predicted mask, on a copy no larger than ``_EXPLAIN_SIDE``."""
+    """Maps of each predicted mask by every method asked, on a copy no larger than ``_EXPLAIN_SIDE``.
 
-    def __init__(self, model: SegModel):
+    One target for all: the predicted mask. Seg-Grad-CAM explains its summed logit at the
+    bottleneck; the input-saliency methods (:mod:`medlens.pipelines.saliency`) the same sum at
+    the pixels; LIME and Kernel SHAP the mask's mean foreground probability as superpixels
+    are hidden (signed weights: for, against).
+    """
+
+    def __init__(self, model: SegModel, methods: Sequence[str], samples: int | None = None):
+        from medlens.pipelines.explain import ExplainOptions, build_map_method
         from medlens.pipelines.seg_gradcam import SegGradCAM
 
         self.model = model
-        self.cam = SegGradCAM(model.model, threshold=model.threshold)
+        self.methods: dict[str, Any] = {}
+        # blur: exact in any affine pixel scaling; superpixel samples as asked (default as predict's)
+        self.options = ExplainOptions(methods=(), ig_baseline="blur",
+                                      **({} if samples is None else {"lime_samples": int(samples)}))
+        for method in methods:
+            slug = SEGMENTATION_METHODS[method]
+            if method == "seg-gradcam":
+                self.methods[slug] = SegGradCAM(model.model, threshold=model.threshold)
+            elif method in SUPERPIXEL:
+                self.methods[slug] = method  # built per image: its score is that image's region
+            else:
+                self.methods[slug] = build_map_method(method, model.model, self.options, None,
+                                                      batch_size=_EXPLAIN_BATCH)
 
-    def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def columns(self) -> list[str]:
+        return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map", "inside")]
+
+    def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Slug → (map at the explained size, the region at that size)."""
         x = self.model.model_input(pixels)
         height, width = x.shape[:2]
         scale = min(1.0, _EXPLAIN_SIDE / max(height, width))
@@ -187,7 +215,62 @@ class _Explainer:
         small = cv2.resize(x, (new_w, new_h), interpolation=cv2.INTER_AREA)
         small = small[..., None] if small.ndim == 2 else small
         region = cv2.resize((mask > 0).astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-        return self.cam(small[None], region[None]).maps[0]
+        maps = {}
+        for slug, method in self.methods.items():
+            if isinstance(method, str):
+                maps[slug] = (self._superpixel_map(method, pixels, (new_h, new_w), region), region)
+            else:
+                maps[slug] = (method(small[None], regions=region[None]).maps[0], region)
+        return maps
+
+    def _superpixel_map(self, method: str, pixels: np.ndarray, size: tuple[int, int], region: np.ndarray
+                        ) -> np.ndarray:
+        """LIME / Kernel SHAP of the region's mean foreground probability (signed superpixel weights)."""
+        from medlens.pipelines.explain import build_superpixel_method
+        from medlens.pipelines.saliency import as_probabilities
+
+        area = max(float(region.sum()), 1.0)
+
+        def region_probability(batch: np.ndarray) -> np.ndarray:  # RGB 0..255 → N×2 [1 − m, m]
+            x = np.stack([self.model.model_input(image / np.float32(255.0)) for image in batch])
+            x = x[..., None] if x.ndim == 3 else x
+            foreground = 1.0 - as_probabilities(self.model.model.predict_on_batch(x))[..., 0]
+            mean = (foreground * region).reshape(len(batch), -1).sum(axis=1) / area
+            return np.stack([1.0 - mean, mean], axis=1)
+
+        small = cv2.resize(np.asarray(pixels, np.float32), size[::-1], interpolation=cv2.INTER_AREA)
+        image = np.clip(small * 255.0, 0.0, 255.0)
+        return build_superpixel_method(method, region_probability, self.options).explain(image, class_index=1).map
+
+    def write(self, out: Path, stem: str, pixels: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        """Each method's overlay PNG (original size) and map ``.npy``; the row's explanation fields."""
+        from medlens.pipelines.faithfulness import energy_pointing, resize_map
+
+        fields: dict[str, Any] = {}
+        for slug, (saliency, region) in self(pixels, mask).items():
+            if slug in SUPERPIXEL:  # signed weights: green for the region, red against
+                picture = signed_overlay(pixels, resize_map(saliency, pixels.shape[:2]))
+            else:
+                picture = heatmap_overlay(pixels, saliency)
+            overlay = save_png(out / "explanations" / f"{stem}.{slug}.png", picture)
+            saved = save_npy(out / "explanations" / f"{stem}.{slug}.npy", saliency.astype(np.float32))
+            fields[f"{slug}_overlay"] = overlay.relative_to(out).as_posix()
+            fields[f"{slug}_map"] = saved.relative_to(out).as_posix()
+            positive = np.clip(saliency, 0.0, None)
+            fields[f"{slug}_inside"] = round(energy_pointing(positive, region), 4) if region.any() else ""
+            fields.setdefault("explanation", fields[f"{slug}_overlay"])  # the first method's, as before
+        return fields
+
+
+def segmentation_methods(explain: bool | str | Sequence[str]) -> tuple[str, ...]:
+    """``segment``'s ``explain``: False/None (none), True (Seg-Grad-CAM) or method names."""
+    from medlens.pipelines.explain import parse_methods
+
+    if explain is True:
+        return ("seg-gradcam",)
+    if not explain:
+        return ()
+    return parse_methods(explain, SEGMENTATION_METHODS, SEGMENTATION_ALIASES)
 
 
 def segment_paths(
@@ -197,7 +280,7 @@ def segment_paths(
     *,
     overwrite: bool = False,
     resume: bool = False,
-    explain: bool = False,
+    explain: bool | str | Sequence[str] = False,
     threshold: float | None = None,
     progress: Callable[[int], None] | None = None,
     model: SegModel | None = None,
@@ -207,6 +290,7 @@ def segment_paths(
     probability_volumes: bool = False,
     deidentifier: Any = None,
     match_scale: bool = False,
+    explain_samples: int | None = None,
 ) -> SegmentResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
@@ -216,7 +300,11 @@ def segment_paths(
         out_dir: Output folder: new or empty, or any with ``overwrite`` or ``resume``.
         overwrite: Write into a non-empty folder (files of the same name are replaced).
         resume: Keep earlier results for inputs whose content is unchanged; do the rest.
-        explain: Also write a Seg-Grad-CAM overlay of each predicted mask.
+        explain: Also explain each predicted mask: True for Seg-Grad-CAM, or names from
+            :data:`~medlens.pipelines.methods.SEGMENTATION_METHODS` (``"seg-gradcam,ig"``); each
+            writes an overlay PNG and the map (``.npy``) under ``explanations/``, with the
+            share of the map's energy inside the predicted region (``SLUG_inside``).
+        explain_samples: LIME / Kernel SHAP perturbed samples per image (default 1000).
         threshold: Override the run's probability threshold.
         progress: Called with 1 for every input file finished.
         model: Reuse an already loaded :class:`SegModel`.
@@ -246,14 +334,16 @@ def segment_paths(
                           "view in its images, or trained before medlens recorded it); --match-scale needs one")
     threshold = model.threshold if threshold is None else float(threshold)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
-    previous = _previous_rows(out) if resume else {}
+    methods = segmentation_methods(explain)
+    explainer = _Explainer(model, methods, explain_samples) if methods else None
+    explain_columns = explainer.columns() if explainer else []
+    previous = _previous_rows(out, explain_columns) if resume else {}
     previous_volumes = _previous_volumes(out) if resume else {}
-    explainer = _Explainer(model) if explain else None
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     cases, series_errors = group_series(everything)
     errors.extend(series_errors)
     chosen, positions = select_shard(cases, shard)
-    columns = COLUMNS + (["explanation"] if explain else []) + (["scale", "scale_method"] if match_scale else [])
+    columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
     scale = model.input_scale if match_scale else None
     rows: list[dict[str, Any]] = []
     volume_rows: list[dict[str, Any]] = []
@@ -283,7 +373,7 @@ def segment_paths(
         earlier_volume = previous_volumes.get(name)
         needs_volume = isinstance(case, Series) or len(earlier) > 1
         if earlier and all(r.get("sha256") == by_file.get(os.path.realpath(r["path"])) for r in earlier) and (
-                not explain or all(r.get("explanation") for r in earlier)) and (
+                all(r.get(c) for r in earlier for c in explain_columns if c.endswith("_map"))) and (
                 not needs_volume or (earlier_volume is not None and earlier_volume.get("sha256") == digest)):
             rows.extend(earlier)
             if needs_volume:
@@ -377,9 +467,7 @@ def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, t
     if scale:
         row["scale"], row["scale_method"] = round(factor, 4), method
     if explainer is not None:
-        cam = explainer(record.pixels, binary)
-        explanation = save_png(out / "explanations" / f"{stem}.seg-gradcam.png", heatmap_overlay(record.pixels, cam))
-        row["explanation"] = explanation.relative_to(out).as_posix()
+        row.update(explainer.write(out, stem, record.pixels, binary))
     row["seconds"] = round(time.perf_counter() - started, 4)
     labels = (indices * (binary > 0)).astype(np.uint8)
     return row, labels, np.clip(foreground, 0, 1).astype(np.float32)

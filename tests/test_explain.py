@@ -155,10 +155,10 @@ def test_predict_explain_writes_overlays_at_each_images_own_size(tiny_run, mixed
     assert details["top_positive"] and all(details["weights"][i] > 0 for i in details["top_positive"])
 
 
-def test_occlusion_and_kernel_shap_through_explain(tiny_run, mixed_inputs, tmp_path):
+def test_occlusion_kernel_shap_and_guided_backprop_through_explain(tiny_run, mixed_inputs, tmp_path):
     out = tmp_path / "out"
     images = [mixed_inputs / "wide 16-bit.png", mixed_inputs / "colour.jpg"]
-    code = main(["explain", str(tiny_run), *map(str, images), "--out", str(out), "--method", "occlusion,shap",
+    code = main(["explain", str(tiny_run), *map(str, images), "--out", str(out), "--method", "occlusion,shap,guided",
                  "--samples", "64", "--segments", "12", "--occlusion-window", "0.25"])
     assert code == 0
     rows = _rows(out / "predictions.csv")
@@ -166,9 +166,11 @@ def test_occlusion_and_kernel_shap_through_explain(tiny_run, mixed_inputs, tmp_p
     details = json.loads((out / "predictions.json").read_text())["rows"]
     for row, detail in zip(rows, details, strict=True):
         expected = {"wide 16-bit.png": (89, 131), "colour.jpg": (75, 75)}[Path(row["path"]).name]
-        for slug in ("occlusion", "kernelshap"):
+        for slug in ("occlusion", "kernelshap", "guided"):
             overlay = cv2.imread(str(out / row[f"{slug}_overlay"]), cv2.IMREAD_UNCHANGED)
             assert overlay.shape == (*expected, 3), slug
+        guided = np.load(out / row["guided_map"])
+        assert guided.shape == (48, 48) and guided.min() >= 0.0 and guided.max() == pytest.approx(1.0)
         occlusion = np.load(out / row["occlusion_map"])
         assert occlusion.shape == (48, 48) and 0.0 <= occlusion.min() and occlusion.max() <= 1.0
         shap = np.load(out / row["kernelshap_map"])
@@ -217,7 +219,7 @@ def test_explain_command_named_class_faithfulness_and_errors(tiny_run, phantom_d
         assert row["gradcampp_pointing"] in ("0", "1")
 
     for argv, message in (
-        (["--method", "gradcam,guided"], "unknown explanation method 'guided'"),  # 'shap' is a method now
+        (["--method", "gradcam,xrai"], "unknown explanation method 'xrai'"),  # 'shap', 'guided' are methods now
         (["--class", "tumour"], "class 'tumour' is not one of this run's classes: no_lesion, lesion"),
         (["--masks", str(tmp_path / "nowhere")], "mask folder does not exist"),
         (["--samples", "0", "--method", "lime"], "--samples must be at least 1"),
@@ -235,6 +237,7 @@ def test_parse_methods():
     assert parse_methods("SHAP,kernel-shap,occlusion,Layer-CAM,hirescam") == ("kernelshap", "occlusion", "layercam",
                                                                           "hirescam")
     assert parse_methods(["gradcampp"]) == ("gradcam++",)
+    assert parse_methods("guided-backprop,guided") == ("guided",)
 
 
 def test_predict_resume_keeps_unchanged_content_and_redoes_the_rest(tiny_run, phantom_dir, tmp_path, capsys):

@@ -124,7 +124,7 @@ def test_classification_service(tiny_run, phantom_dir, shared_data, expected_lab
             assert str(tiny_run) not in reply.text and "/tmp/" not in reply.json()["error"]  # no server paths leak
         assert httpx.post(url + "/predict", timeout=30).status_code == 422  # no file field
         # An unknown method is a 400 ('shap' is one now, so ask for one medlens does not have).
-        assert httpx.post(url + "/predict?explain=guided", files={"file": (name, path.read_bytes())}).status_code == 400
+        assert httpx.post(url + "/predict?explain=xrai", files={"file": (name, path.read_bytes())}).status_code == 400
         assert httpx.post(url + "/segment", files={"file": (name, path.read_bytes())}).status_code == 409
 
         # Load: concurrent good and bad uploads; every good one right, every bad one a 4xx, no 5xx.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ AIM_SHAP_SPEEDUP = 5.0  # shap KernelExplainer / medlens Kernel SHAP, at equal d
 SUPERPIXEL_VARIANTS = (("LIME (slic)", "lime", "slic"), ("LIME (felzenszwalb)", "lime", "felzenszwalb"),
                        ("LIME (quickshift)", "lime", "quickshift"), ("Kernel SHAP (slic)", "kernelshap", "slic"))
 MAP_METHODS = (("Grad-CAM", "gradcam"), ("Grad-CAM++", "gradcam++"), ("HiRes-CAM", "hirescam"), ("Layer-CAM", "layercam"),
-               ("Gradient", "gradient"),
+               ("Gradient", "gradient"), ("Guided backprop", "guided"),
                ("SmoothGrad", "smoothgrad"), ("Integrated Gradients (blur)", "ig"), ("Occlusion", "occlusion"))
 
 
@@ -128,6 +129,11 @@ def _superpixel(setup: dict[str, Any], method: str, segmentation: str, samples: 
     return build_superpixel_method(method, setup["predict_fn"], options)
 
 
+def _progress(title: str, row: dict[str, Any]) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {title}: {row['seconds_per_image']} s / image, deletion "
+          f"{row['deletion_auc']}, pointing {row['pointing_game']}", file=sys.stderr, flush=True)
+
+
 def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_images: int,
                 variants: tuple = SUPERPIXEL_VARIANTS, draws: int = 8) -> dict[str, Any]:
     """Maps, scores, cost and stability of every method (randomisation is added by :func:`randomisation`)."""
@@ -156,6 +162,7 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
         rows[title] = {"method": name, **_scores(setup, maps, None, steps), "seconds_per_image": round(seconds, 4),
                        "x_forward": round(seconds / forward, 1),
                        "max_sensitivity": round(float(np.median(sensitivity)), 4)}
+        _progress(title, rows[title])
     for title, name, segmentation in variants:
         explainer = _superpixel(setup, name, segmentation, samples)
         started = time.perf_counter()
@@ -171,6 +178,7 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
                        **_scores(setup, [r.map for r in results], [r.peak() for r in results], steps),
                        "seconds_per_image": round(seconds, 4), "x_forward": round(seconds / forward, 1),
                        "max_sensitivity": round(float(np.median(sensitivity)), 4)}
+        _progress(title, rows[title])
     rows["random map"] = {"method": "random",
                           **_scores(setup, [random_saliency(m.shape, seed=i) for i, m in enumerate(setup["masks"])],
                                     None, steps)}

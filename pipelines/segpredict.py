@@ -95,16 +95,17 @@ def _stem(record: ImageRecord, digest: str) -> str:
     return f"{name}-{digest[:8]}{frame}"
 
 
-def _previous_rows(out: Path, explain_columns: Sequence[str] = ()) -> dict[str, list[dict[str, str]]]:
-    """Rows of an earlier ``segmentation.csv`` whose outputs all still exist, by input path."""
+def _previous_rows(out: Path, file_columns: Sequence[str] = ()) -> dict[str, list[dict[str, str]]]:
+    """Rows of an earlier ``segmentation.csv`` whose outputs all still exist, by input path.
+
+    ``file_columns``: the explanation columns that name files (each method's overlay and map)."""
     table = out / "segmentation.csv"
     if not table.is_file():
         return {}
     kept: dict[str, list[dict[str, str]]] = {}
     with open(table, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", *explain_columns)
-                       if row.get(k) and not k.endswith("_inside")]
+            outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", *file_columns) if row.get(k)]
             if all((out / p).is_file() for p in outputs):
                 kept.setdefault(os.path.realpath(row["path"]), []).append(row)
     return kept
@@ -202,7 +203,12 @@ class _Explainer:
                                                       batch_size=_EXPLAIN_BATCH)
 
     def columns(self) -> list[str]:
+        """Every explanation column of ``segmentation.csv``."""
         return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map", "inside")]
+
+    def file_columns(self) -> list[str]:
+        """The columns that name a file: each method's overlay and map (all must exist to resume a row)."""
+        return [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map")]
 
     def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Slug → (map at the explained size, the region at that size)."""
@@ -337,7 +343,8 @@ def segment_paths(
     methods = segmentation_methods(explain)
     explainer = _Explainer(model, methods, explain_samples) if methods else None
     explain_columns = explainer.columns() if explainer else []
-    previous = _previous_rows(out, explain_columns) if resume else {}
+    file_columns = explainer.file_columns() if explainer else []
+    previous = _previous_rows(out, file_columns) if resume else {}
     previous_volumes = _previous_volumes(out) if resume else {}
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     cases, series_errors = group_series(everything)
@@ -373,7 +380,7 @@ def segment_paths(
         earlier_volume = previous_volumes.get(name)
         needs_volume = isinstance(case, Series) or len(earlier) > 1
         if earlier and all(r.get("sha256") == by_file.get(os.path.realpath(r["path"])) for r in earlier) and (
-                all(r.get(c) for r in earlier for c in explain_columns if c.endswith("_map"))) and (
+                all(r.get(c) for r in earlier for c in file_columns)) and (
                 not needs_volume or (earlier_volume is not None and earlier_volume.get("sha256") == digest)):
             rows.extend(earlier)
             if needs_volume:

@@ -188,9 +188,9 @@ class VanillaGradient:
         if pixels.ndim != 4:
             raise ValueError(f"images must be N×H×W×C, got shape {pixels.shape}")
         if regions is not None:
-            grad_model = self._gradient_model(tuple(pixels.shape[1:]))
-            weights = region_targets(regions, pixels.shape[:3], grad_model.outputs[1].shape[-1],
-                                     self.model.outputs[0].shape[-1], 0 if class_index is None else int(class_index))
+            units = self.model.outputs[0].shape[-1]  # the scores have 2 channels for one sigmoid ([-z, z])
+            weights = region_targets(regions, pixels.shape[:3], 2 if units == 1 else units, units,
+                                     0 if class_index is None else int(class_index))
             output = as_probabilities(self.model.predict_on_batch(pixels)) if probabilities else None
             return pixels, weights, output
         indices = self._indices(class_index, len(pixels))

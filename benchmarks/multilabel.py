@@ -89,8 +89,8 @@ def _logistic_floor(weights: Path, seed: int, size: int) -> dict[str, Any]:
     from medlens.models.backbones import preprocess_function
     from medlens.models.classifier import build_classifier, freeze_backbone
     from medlens.pipelines.config import load_config
+    from medlens.pipelines.data import load_findings
     from medlens.pipelines.evaluation.multilabel import multilabel_metrics
-    from medlens.pipelines.findings import load_findings
     from medlens.pipelines.frozen import cached_features, split_frozen
     from medlens.pipelines.train import build_sequences
 

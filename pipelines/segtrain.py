@@ -36,15 +36,15 @@ from medlens.models.metrics import segmentation_metrics
 from medlens.models.seggan import SegGAN, build_discriminator
 from medlens.models.unet import build_unet, freeze_encoder, unfreeze_encoder
 from medlens.pipelines.config import SegRunConfig
-from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
-from medlens.pipelines.segdata import (
+from medlens.pipelines.data import (
     SegmentationSequence,
     SegSample,
     load_pair,
     load_seg_dataset,
     to_model_channels,
 )
+from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
 from medlens.pipelines.segment import seg_metrics, sliding_window_predict, whole_image_predict
 from medlens.pipelines.tasks import require_command
 

@@ -26,10 +26,9 @@ from pydicom.uid import UID, HTJ2KLossless, JPEGLSLossless
 
 from medlens.app.cli import main
 from medlens.pipelines.config import DataConfig
-from medlens.pipelines.data import load_dataset
+from medlens.pipelines.data import SegSample, check_sizes, load_dataset, load_pair
 from medlens.pipelines.errors import DatasetError, ImageReadError, MedlensError
 from medlens.pipelines.io import list_images, read_frames, read_image
-from medlens.pipelines.segdata import SegSample, check_sizes, load_pair
 
 GOOD_IMAGES = 3
 

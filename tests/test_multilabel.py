@@ -17,9 +17,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from medlens.app.cli import main
 from medlens.models.multilabel import MaskedAUC, MaskedBinaryCrossentropy, positive_weights
 from medlens.pipelines.config import load_config
+from medlens.pipelines.data import load_findings
 from medlens.pipelines.errors import ConfigError, DatasetError
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
-from medlens.pipelines.findings import load_findings
 from medlens.pipelines.phantoms import FINDINGS, write_findings_phantoms
 
 

@@ -41,7 +41,7 @@ def evaluate_multilabel_run(run_dir: str | Path, *, split: str = "test", model: 
     Returns:
         The metrics of ``split`` (see :func:`multilabel_metrics`).
     """
-    from medlens.pipelines.findings import load_findings
+    from medlens.pipelines.data import load_findings
 
     run, model, cfg, dataset = run_parts(run_dir, model, cfg, dataset, lambda data, seed: load_findings(data, seed))
     findings = list(dataset.class_names)

@@ -20,7 +20,7 @@ class MultiLabelTask(ClassificationTask):
         return f"{len(cfg.data.findings)} findings" if cfg.data.findings else "findings from the manifest"
 
     def load_data(self, data_cfg: Any, seed: int) -> Any:
-        from medlens.pipelines.findings import load_findings
+        from medlens.pipelines.data import load_findings
 
         return load_findings(data_cfg, seed=seed)
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medlens.pipelines.errors import DatasetError, ImageReadError, MedlensError
-from medlens.pipelines.segdata import (
+from medlens.pipelines.data import (
     SegDataConfig,
     SegmentationSequence,
     SegSample,
@@ -21,11 +20,12 @@ from medlens.pipelines.segdata import (
     load_seg_dataset,
     pair_folders,
 )
+from medlens.pipelines.errors import DatasetError, ImageReadError, MedlensError
 
 
 @pytest.fixture(scope="module")
 def data_root() -> Path:
-    root = Path(os.environ.get("MEDLENS_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    root = Path(os.environ.get("MEDLENS_DATA") or Path(__file__).resolve().parents[3].parent / "shared" / "data")
     assert (root / "drive").is_dir() and (root / "lgg_mri_segmentation").is_dir(), f"no data at {root}"
     return root
 

@@ -28,7 +28,7 @@ from medlens.pipelines.errors import ConfigError, DatasetError
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    return Path(os.environ.get("MEDLENS_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
+    return Path(os.environ.get("MEDLENS_DATA", Path(__file__).resolve().parents[3] / "../shared/data"))
 
 
 def _write_png(path: Path, value: int, size: int = 16, channels: int = 1) -> Path:

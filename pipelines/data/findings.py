@@ -1,7 +1,7 @@
 """Multi-label data: a manifest (or npz) whose images each carry any number of findings.
 
 :func:`load_findings` reads a :class:`~medlens.pipelines.config.FindingsDataConfig` into the
-same :class:`~medlens.pipelines.data.Dataset` as single-label data, with ``class_names`` the
+same :class:`~medlens.pipelines.data.sources.Dataset` as single-label data, with ``class_names`` the
 findings and labels ``(N, F)`` ``float32``: 1 present, 0 absent, NaN missing. Two manifest
 layouts:
 
@@ -25,7 +25,6 @@ Example (needs the data)::
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,10 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.config import FindingsDataConfig
-from medlens.pipelines.data import (
-    SPLITS,
-    ArraySource,
-    Dataset,
-    FileSource,
-    _assign_splits,
-    _dedupe,
-    _normalise_split,
-    _resolve,
-    read_npz_splits,
-)
+from medlens.pipelines.data.classification import _resolve, read_npz_pool
+from medlens.pipelines.data.manifest import file_path, manifest_path, read_rows
+from medlens.pipelines.data.sources import Dataset, FileSource
+from medlens.pipelines.data.splits import assign_splits, normalise_split, split_pool
 from medlens.pipelines.errors import DatasetError
 
 __all__ = ["load_findings", "finding_counts", "parse_finding_value"]
@@ -75,17 +67,6 @@ def parse_finding_value(text: str, uncertain: str) -> float:
     if number == -1.0:
         return {"ignore": _MISSING, "ones": 1.0, "zeros": 0.0}[uncertain]
     raise ValueError(f"{value!r} is not 0, 1, blank or -1")
-
-
-def _read_rows(manifest: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not manifest.is_file():
-        raise DatasetError(f"{manifest}: manifest not found")
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            return list(reader.fieldnames or []), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"{manifest}: cannot read manifest ({exc})".replace("\n", " ")) from None
 
 
 def _pipe_findings(cfg: FindingsDataConfig, rows: list[dict[str, str]], column: str) -> list[str]:
@@ -121,17 +102,9 @@ def _row_labels(cfg: FindingsDataConfig, row: dict[str, str], findings: list[str
 
 
 def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, list[str] | None, list[str], dict]:
-    manifest = Path(cfg.manifest or "manifest.csv").expanduser()
-    if not manifest.is_absolute():
-        manifest = root / manifest
-    columns, rows = _read_rows(manifest)
+    manifest = manifest_path(root, cfg.manifest)
     image_column, pipe_column = cfg.column("image"), cfg.column("findings")
-    needed = [image_column, pipe_column] if pipe_column else [image_column]
-    for column in needed:
-        if column not in columns:
-            raise DatasetError(f"{manifest}: no column {column!r}; columns are: {', '.join(columns) or '(none)'}")
-    if not rows:
-        raise DatasetError(f"{manifest}: manifest has no rows")
+    columns, rows = read_rows(manifest, [image_column, pipe_column] if pipe_column else [image_column])
     if pipe_column:
         findings = _pipe_findings(cfg, rows, pipe_column)
     else:
@@ -152,17 +125,14 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
 
     paths, labels, groups, splits, bad = [], [], [], [], []
     for number, row in enumerate(rows, start=2):  # line 1 is the header
-        value = (row.get(image_column) or "").strip()
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = root / path
+        path = file_path(row.get(image_column), root)
         try:
-            if not value:
+            if path is None:
                 raise ValueError(f"empty {image_column!r}")
             if not path.is_file():
                 raise ValueError(f"file not found: {path}")
             vector = _row_labels(cfg, row, findings, pipe_column)
-            split = _normalise_split(row.get(split_column) or "", f"{manifest} line {number}") if split_column else None
+            split = normalise_split(row.get(split_column) or "", f"{manifest} line {number}") if split_column else None
         except (ValueError, DatasetError) as exc:
             bad.append(f"{manifest} line {number}: {getattr(exc, 'reason', exc)}")
             continue
@@ -181,24 +151,25 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
 
 
 def _load_npz(cfg: FindingsDataConfig, seed: int) -> Dataset:
-    path, parts, names = read_npz_splits(cfg)
-    labels = {name: np.asarray(parts[name][1], dtype=np.float32) for name in names}
-    width = labels["train"].shape[1] if labels["train"].ndim == 2 else 1
-    if width < 2 or any(v.ndim != 2 or v.shape[1] != width for v in labels.values()):
-        raise DatasetError(f"{path}: labels are not multi-label (N×F with F ≥ 2 in every split)")
-    for name, values in labels.items():
+    width = 0
+
+    def finding_labels(path: Path, split: str, raw: np.ndarray) -> np.ndarray:
+        nonlocal width
+        values = raw.astype(np.float32)
+        width = width or (values.shape[1] if values.ndim == 2 else 1)
+        if width < 2 or values.ndim != 2 or values.shape[1] != width:
+            raise DatasetError(f"{path}: labels are not multi-label (N×F with F ≥ 2 in every split)")
         bad = ~np.isin(values, (0.0, 1.0))
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
-            raise DatasetError(f"{path}: {name} labels hold {float(values[bad][0])} (row {row}); expected 0 or 1")
+            raise DatasetError(f"{path}: {split} labels hold {float(values[bad][0])} (row {row}); expected 0 or 1")
+        return values
+
+    path, pool, given = read_npz_pool(cfg, finding_labels)
     findings = list(cfg.findings) or [str(i) for i in range(width)]
     if len(findings) != width:
         raise DatasetError(f"{path}: {width} label columns but data.findings names {len(findings)}")
-    given = [name for name in names for _ in range(len(labels[name]))]
-    pool = ArraySource(np.concatenate([np.asarray(parts[n][0]) for n in names]),
-                       np.concatenate([labels[n] for n in names]),
-                       ids=[f"{n}/{i}" for n in names for i in range(len(labels[n]))])
-    indices, origin = _assign_splits(pool.labels, None, given, cfg, seed)
+    indices, origin = assign_splits(pool.labels, None, given, cfg.val_fraction, cfg.test_fraction, seed)
     return Dataset(findings, {name: pool.subset(idx) for name, idx in indices.items()},
                    {"kind": "npz", "source": str(path), "splits_from": origin, "duplicates_dropped": 0})
 
@@ -217,23 +188,10 @@ def load_findings(cfg: FindingsDataConfig, seed: int) -> Dataset:
         if not root.is_dir():
             raise DatasetError(f"{root}: data root folder not found")
         pool, given, findings, skipped = _read_manifest(cfg, root)
-        keep, stats = (_dedupe(pool, given) if cfg.dedupe
-                       else (np.arange(len(pool)), {"dropped": 0, "across_splits": 0, "label_conflicts": 0}))
-        pool = pool.subset(keep)
-        given = None if given is None else [given[i] for i in keep]
-        indices, origin = _assign_splits(pool.labels, pool.groups, given, cfg, seed)
-        dataset = Dataset(findings, {name: pool.subset(indices[name]) for name in SPLITS}, {
-            "kind": "csv", "source": str(root), "splits_from": origin,
-            "duplicates_dropped": stats["dropped"], "duplicates_across_splits": stats["across_splits"],
-            "duplicate_label_conflicts": stats["label_conflicts"], **skipped,
-        })
-    dataset.report["findings"] = list(dataset.class_names)
-    dataset.report["class_names"] = list(dataset.class_names)
-    dataset.report["finding_counts"] = finding_counts(dataset)
-    dataset.report["patients"] = {name: (None if s.groups is None else len(set(s.groups)))
-                                  for name, s in dataset.splits.items()}
-    if len(dataset.splits["train"]) == 0:
-        raise DatasetError(f"{dataset.report['source']}: the train split is empty")
+        splits, found = split_pool(pool, given, cfg.val_fraction, cfg.test_fraction, seed,
+                                   remove_duplicates=cfg.dedupe, where=str(root))
+        dataset = Dataset(findings, splits, {"kind": "csv", "source": str(root), **found, **skipped})
+    dataset.finish(findings=list(dataset.class_names), finding_counts=finding_counts(dataset))
     log.info("loaded %s: %d findings, %s images per split", dataset.report["source"], len(dataset.class_names),
              {k: len(v) for k, v in dataset.splits.items()})
     return dataset

@@ -102,7 +102,7 @@ def parse_pacs_url(url: str) -> PacsTarget:
 
 def dicom_files(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """DICOM files among files and folders (recursive); others are reported, not sent."""
-    from medlens.pipelines.io import sniff_format
+    from medlens.pipelines.imaging import sniff_format
 
     found: list[Path] = []
     errors: list[tuple[str, str]] = []

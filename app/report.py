@@ -34,7 +34,7 @@ import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.faithfulness import resize_map
-from medlens.pipelines.io import read_frames
+from medlens.pipelines.imaging import read_frames
 from medlens.pipelines.methods import SUPERPIXEL, TITLES
 from medlens.pipelines.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.rundir import RunDir, atomic_write_text

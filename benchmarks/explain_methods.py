@@ -47,7 +47,7 @@ def demo_positives(runs: Path, images: int, run: Path | None = None, size: int =
     positives of fresh phantoms (at ``size`` px)."""
     from medlens.app.demo import demo_config
     from medlens.pipelines.evaluate import to_probabilities
-    from medlens.pipelines.io import read_image
+    from medlens.pipelines.imaging import read_image
     from medlens.pipelines.phantoms import write_phantoms
     from medlens.pipelines.predict import Predictor
     from medlens.pipelines.train import train

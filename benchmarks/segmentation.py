@@ -127,7 +127,7 @@ def scale_check(run: Path, data: Path, work: Path, factor: float = 1.7) -> dict[
     """F1 on the DRIVE test images rescaled by ``factor`` (another camera), with and without --match-scale."""
     import cv2
 
-    from medlens.pipelines.io import read_mask
+    from medlens.pipelines.imaging import read_mask
     from medlens.pipelines.segpredict import segment_paths
     from medlens.pipelines.segtrain import SegModel
 

@@ -42,7 +42,7 @@ from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insert
 from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
 from medlens.pipelines.guided import GuidedBackprop
-from medlens.pipelines.io import ImageRecord, list_images, read_image
+from medlens.pipelines.imaging import ImageRecord, list_images, read_image
 from medlens.pipelines.kernel_shap import KernelShapExplainer
 from medlens.pipelines.lime import LimeExplainer
 from medlens.pipelines.methods import ALIASES, METHODS, SUPERPIXEL, TITLES

@@ -28,7 +28,7 @@ from medlens.pipelines.errors import ConfigError, ImageReadError, MedlensError
 from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.evaluation.multilabel import positive_findings
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
-from medlens.pipelines.io import ImageRecord, list_images, read_frames, sniff_format
+from medlens.pipelines.imaging import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.methods import SUPERPIXEL
 from medlens.pipelines.run_eval import load_run_model
 from medlens.pipelines.rundir import (

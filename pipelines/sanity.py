@@ -45,7 +45,7 @@ from medlens.models.classifier import BACKBONE_LAYER
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.evaluation.runs import CHECKS_FILE, write_checks_to_card
 from medlens.pipelines.explain import ExplainOptions, build_map_method, build_superpixel_method
-from medlens.pipelines.io import read_image
+from medlens.pipelines.imaging import read_image
 from medlens.pipelines.methods import METHODS, SUPERPIXEL, TITLES
 from medlens.pipelines.rundir import RunDir, atomic_write_json
 

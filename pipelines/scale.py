@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medlens.pipelines.io import ImageRecord
+from medlens.pipelines.imaging import ImageRecord
 
 __all__ = ["fov_diameter", "training_scale", "scale_factor", "MAX_FACTOR"]
 

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.io import ImageRecord, read_image
+from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_npy, save_png, signed_overlay
 from medlens.pipelines.predict import expand_inputs, read_records

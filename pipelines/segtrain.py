@@ -424,7 +424,7 @@ def train_segmentation(
 
 def _training_scale(samples: list[Any]) -> dict[str, Any]:
     """The training images' pixel spacing and FOV diameter (see :mod:`medlens.pipelines.scale`)."""
-    from medlens.pipelines.io import read_image
+    from medlens.pipelines.imaging import read_image
     from medlens.pipelines.scale import training_scale
 
     def images() -> Any:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.errors import ImageReadError, MedlensError
-from medlens.pipelines.io import ImageRecord, read_frames, sniff_format
+from medlens.pipelines.imaging import ImageRecord, read_frames, sniff_format
 from medlens.pipelines.rundir import atomic_write_bytes
 
 __all__ = ["Series", "Volume", "group_series", "read_volume", "volume_digest", "write_mask_volume",

@@ -12,12 +12,12 @@ Layout under the folder:
   good image and two folder symlinks that point back up (``kind="folder"``). A batch
   prediction over ``files/`` must give a row for every load case and an ``errors.csv`` line
   for every error case that a folder scan lists (``listed``); symlink loops and FIFOs are
-  skipped by :func:`medlens.pipelines.io.list_images`, which only lists regular files.
+  skipped by :func:`medlens.pipelines.imaging.list_images`, which only lists regular files.
 - ``dataset_empty_class/``: a folder dataset whose class folder ``b`` holds no image.
 - ``manifest_missing_file/``: a CSV manifest with one row pointing at a missing file.
 - ``mask_size/``: a segmentation image with a mask of another size.
 
-Decisions documented here (and in :func:`medlens.pipelines.io.read_image`):
+Decisions documented here (and in :func:`medlens.pipelines.imaging.read_image`):
 
 - A 1×1-pixel image loads: the reader only refuses images with no pixels; resizing to the
   model's input size is the model's business.

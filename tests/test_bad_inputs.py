@@ -28,7 +28,7 @@ from medlens.app.cli import main
 from medlens.pipelines.config import DataConfig
 from medlens.pipelines.data import SegSample, check_sizes, load_dataset, load_pair
 from medlens.pipelines.errors import DatasetError, ImageReadError, MedlensError
-from medlens.pipelines.io import list_images, read_frames, read_image
+from medlens.pipelines.imaging import list_images, read_frames, read_image
 
 GOOD_IMAGES = 3
 

@@ -1,4 +1,4 @@
-"""Tests for medlens.pipelines.io: synthetic files of every format, then the real shared samples."""
+"""Tests for medlens.pipelines.imaging: synthetic files of every format, then the real shared samples."""
 
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from medlens.pipelines import io
 from medlens.pipelines.errors import ImageReadError
-from medlens.pipelines.io import (
+from medlens.pipelines.imaging import (
     SUPPORTED_SUFFIXES,
     ImageRecord,
     list_images,
@@ -34,6 +33,7 @@ from medlens.pipelines.io import (
     read_npz,
     sniff_format,
 )
+from medlens.pipelines.imaging import record as io_record
 
 # --------------------------------------------------------------------------- fixtures and builders
 
@@ -296,12 +296,12 @@ def test_tiff_variants(tmp_path: Path) -> None:
 
 def test_pixel_limit_and_pillow_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(io_record, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageReadError, match="image is 50×40 pixels, above the limit of 1000"):
         read_image(tmp_path / "big.png")
     with pytest.raises(ImageReadError, match="above the limit"):
         read_mask(tmp_path / "big.png")
-    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(io_record, "MAX_IMAGE_PIXELS", 10**9)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageReadError, match="too large to decode safely"):
         read_image(tmp_path / "big.png")

@@ -47,3 +47,13 @@ def test_no_task_name_branches_outside_the_task_seam() -> None:
                  if "tasks" not in path.relative_to(REPO).parts
                  for number, line in enumerate(path.read_text().splitlines(), start=1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_the_image_readers_import_no_deep_learning_framework() -> None:
+    # docs/architecture.md: reading images needs numpy, Pillow, pydicom, nibabel, OpenCV; never Keras.
+    offenders = [f"{path.relative_to(REPO)}: {name}" for path in _modules("pipelines/imaging")
+                 for name in _imports(path)
+                 if name.split(".")[0] in ("keras", "tensorflow", "jax", "torch")
+                 or (name.startswith("medlens.") and not name.startswith(("medlens.pipelines.imaging",
+                                                                          "medlens.pipelines.errors")))]
+    assert offenders == [] and len(_modules("pipelines/imaging")) >= 6

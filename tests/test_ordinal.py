@@ -82,7 +82,7 @@ def grading_run(tmp_path_factory, shared_data) -> Path:
 
 @pytest.mark.slow
 def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsys):
-    from medlens.pipelines.io import read_npz
+    from medlens.pipelines.imaging import read_npz
     from medlens.pipelines.rundir import RunDir
 
     run = RunDir(grading_run)

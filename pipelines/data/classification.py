@@ -34,7 +34,7 @@ from medlens.pipelines.data.splits import (
     split_pool,
 )
 from medlens.pipelines.errors import ConfigError, DatasetError
-from medlens.pipelines.io import list_images, read_npz
+from medlens.pipelines.imaging import list_images, read_npz
 
 __all__ = ["load_dataset", "read_npz_splits", "read_npz_pool", "class_counts", "class_weights"]
 

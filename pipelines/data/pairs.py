@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.pipelines.errors import DatasetError, ImageReadError
-from medlens.pipelines.io import list_images, read_image, read_mask
+from medlens.pipelines.imaging import list_images, read_image, read_mask
 
 __all__ = ["DEFAULT_MASK_SUFFIXES", "SegSample", "pair_folders", "check_sizes", "load_mask", "load_pair"]
 

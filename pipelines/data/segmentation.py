@@ -56,7 +56,7 @@ from medlens.pipelines.data.splits import (
     normalise_split,
 )
 from medlens.pipelines.errors import ConfigError, DatasetError
-from medlens.pipelines.io import list_images
+from medlens.pipelines.imaging import list_images
 
 __all__ = ["SEG_LAYOUTS", "SegDataset", "load_seg_dataset"]
 

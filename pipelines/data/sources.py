@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.errors import DatasetError
-from medlens.pipelines.io import read_image
+from medlens.pipelines.imaging import read_image
 
 __all__ = ["label_array", "same_labels", "ImageSource", "FileSource", "ArraySource", "Dataset"]
 
@@ -67,7 +67,7 @@ class ImageSource(ABC):
 
 
 class FileSource(ImageSource):
-    """Images in files, read with :func:`medlens.pipelines.io.read_image`.
+    """Images in files, read with :func:`medlens.pipelines.imaging.read_image`.
 
     Args:
         paths: one file per image.

@@ -24,11 +24,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from medlens.pipelines.gradcam import GradCAM
 from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
 from medlens.pipelines.guided import GuidedBackprop
 from medlens.pipelines.imaging import ImageRecord, list_images, read_image
+from medlens.pipelines.inference import content_digest, output_stem
 from medlens.pipelines.kernel_shap import KernelShapExplainer
 from medlens.pipelines.lime import LimeExplainer
 from medlens.pipelines.methods import ALIASES, METHODS, SUPERPIXEL, TITLES
@@ -226,6 +226,11 @@ def column_names(options: ExplainOptions, target: str | None = None) -> list[str
     return columns
 
 
+def file_column_names(options: ExplainOptions, target: str | None = None) -> list[str]:
+    """The columns of :func:`column_names` that name files: each method's overlay and map."""
+    return [f"{_key(METHODS[method], target)}_{part}" for method in options.methods for part in ("overlay", "map")]
+
+
 def _key(slug: str, target: str | None) -> str:
     """The column prefix of one method's fields for one target (None: the image's one target)."""
     return slug if target is None else f"{slug}_{target}"
@@ -233,14 +238,6 @@ def _key(slug: str, target: str | None) -> str:
 
 def _file_part(target: str | None) -> str:
     return "" if target is None else "." + (re.sub(r"[^A-Za-z0-9_-]+", "_", target) or "target")
-
-
-def _file_stem(record: ImageRecord) -> str:
-    # Readable name plus a hash of the full path: two "image.png" in different folders never collide.
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(record.path).stem)[:60] or "image"
-    digest = hashlib.sha1(str(Path(record.path).resolve()).encode()).hexdigest()[:8]
-    frame = "" if record.frame is None else f"-f{int(record.frame):04d}"
-    return f"{name}-{digest}{frame}"
 
 
 def _peak(saliency: np.ndarray) -> tuple[int, int]:
@@ -295,8 +292,12 @@ class Explainer:
         return self.predictor.scores(self.predictor.model.predict_on_batch(self.predictor.preprocess(batch)))
 
     # ------------------------------------------------------------------ one batch
-    def explain(self, records: list[ImageRecord]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def explain(self, records: list[ImageRecord], digests: Mapping[str, str] | None = None,
+                ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Predict and explain one batch.
+
+        The files of an image are named by :func:`~medlens.pipelines.inference.output_stem` from
+        its file's SHA-256 (``digests`` by path, when the caller has them; else read here).
 
         Each image is explained for its targets (:meth:`Predictor.explain_targets`: the
         reported class, a named class, or a multi-label run's findings); all (image, target)
@@ -316,7 +317,8 @@ class Explainer:
         fields: list[dict[str, Any]] = [
             {**self.predictor.explained_fields(image_targets), "details": {}} for image_targets in targets
         ]
-        stems = [_file_stem(r) for r in records]
+        stems = [output_stem(r.path, (digests or {}).get(r.path) or content_digest(r.path, r.pixels), r.frame)
+                 for r in records]
         self.folder.mkdir(parents=True, exist_ok=True)
         for method in self.options.methods:
             started = time.perf_counter()

@@ -27,8 +27,9 @@ from medlens.pipelines.data import prepare_image
 from medlens.pipelines.errors import ConfigError, ImageReadError, MedlensError
 from medlens.pipelines.evaluate import to_probabilities
 from medlens.pipelines.evaluation.multilabel import positive_findings
-from medlens.pipelines.explain import Explainer, ExplainOptions, column_names
+from medlens.pipelines.explain import Explainer, ExplainOptions, column_names, file_column_names
 from medlens.pipelines.imaging import ImageRecord, list_images, read_frames, sniff_format
+from medlens.pipelines.inference import OutputLayout, read_layout
 from medlens.pipelines.methods import SUPERPIXEL
 from medlens.pipelines.run_eval import load_run_model
 from medlens.pipelines.rundir import (
@@ -202,6 +203,10 @@ class Predictor:
         """The ``predictions.csv`` columns an explanation adds."""
         return column_names(options)
 
+    def explain_file_columns(self, options: ExplainOptions) -> list[str]:
+        """Those of :meth:`explain_columns` that name files (the layout records them)."""
+        return file_column_names(options)
+
     # reading a written row back (service, report) ------------------------------------------
     def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
         """What a row says beyond label and probabilities (nothing for single-label runs)."""
@@ -294,6 +299,11 @@ class MultiLabelPredictor(Predictor):
         chosen = self.chosen_targets(options)
         names = self.findings if chosen is None else [self.findings[k] for k in chosen]
         return ["explained_findings", *[c for name in names for c in column_names(options, target=name)]]
+
+    def explain_file_columns(self, options: ExplainOptions) -> list[str]:
+        chosen = self.chosen_targets(options)
+        names = self.findings if chosen is None else [self.findings[k] for k in chosen]
+        return [c for name in names for c in file_column_names(options, target=name)]
 
 
 class OrdinalPredictor(Predictor):
@@ -455,7 +465,6 @@ def predict_paths(
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     files, positions = select_shard(everything, shard)  # sorted: the same order sharded or not
     order = {str(path): index for index, path in enumerate(files)}
-    previous = _previous_rows(out, explain) if resume else {}
     digests: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     pending: list[ImageRecord] = []
@@ -468,7 +477,7 @@ def predict_paths(
         probabilities = None
         if explainer is not None:
             try:
-                probabilities, extra = explainer.explain(pending)
+                probabilities, extra = explainer.explain(pending, digests)
             except Exception as exc:  # an explanation bug must not cost the predictions
                 log.exception("explaining a batch failed")
                 reason = f"explanation failed: {getattr(exc, 'reason', exc)}".splitlines()[0]
@@ -489,12 +498,16 @@ def predict_paths(
     header = ["path", "frame", "sha256", *predictor.columns()]
     if explain is not None:
         header += predictor.explain_columns(explain)
+    written = layout(header, predictor.explain_file_columns(explain) if explain is not None else [],
+                     predictor.columns())
 
     def write_tables() -> Path:
         rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
         table = atomic_write_csv(out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
-        _write_json(out, predictor, explain, explainer, rows, errors)
+        _write_json(out, predictor, explain, explainer, rows, errors, written)
         return table
+
+    previous = _previous_rows(out, explain, written) if resume else {}
 
     batches = 0
     for path in files:
@@ -521,10 +534,8 @@ def predict_paths(
     flush()
     predictions_csv = write_tables()
     volumes = volume_rows(predictor, rows, files)
-    atomic_write_csv(out / "volumes.csv", ["path", "kind", "slices", "deciding_slice", "deciding_file",
-                                            *predictor.columns()],
-                     ([v.get(c, "") for c in ["path", "kind", "slices", "deciding_slice", "deciding_file",
-                                              *predictor.columns()]] for v in volumes))
+    atomic_write_csv(out / written.volume_table, written.volume_columns,
+                     ([v.get(c, "") for c in written.volume_columns] for v in volumes))
     if shard is not None:
         write_shard_manifest(out, shard, files, positions, len(everything), "predict")
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
@@ -567,10 +578,12 @@ def volume_rows(predictor: Predictor, rows: list[dict[str, Any]], files: list[Pa
     return out
 
 
-def _previous_rows(out: Path, explain: ExplainOptions | None) -> dict[str, list[dict[str, Any]]]:
+def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLayout) -> dict[str, list[dict[str, Any]]]:
     """Rows of an earlier ``predictions.json`` in ``out`` whose explanation files still exist, by input path.
 
     Rows explained with other methods than now are not reused (their columns would be missing).
+    The earlier folder's recorded layout says which columns name files; a folder written before
+    layouts were recorded is read with this run's layout.
     """
     table = out / "predictions.json"
     if not table.is_file():
@@ -583,18 +596,25 @@ def _previous_rows(out: Path, explain: ExplainOptions | None) -> dict[str, list[
     if methods != sorted(explain.methods if explain else []):
         return {}
     base = earlier.get("inputs_relative_to") or "."
+    recorded = read_layout(out, ["predictions.json"]) or current
     kept: dict[str, list[dict[str, Any]]] = {}
     for row in earlier.get("rows", []):
-        files = [v for k, v in row.items() if k.endswith(("_overlay", "_map")) and v]
-        if all((out / f).is_file() for f in files):
+        if recorded.outputs_present(row, out):
             path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
             kept.setdefault(os.path.realpath(path), []).append(row)
     return kept
 
 
+def layout(header: list[str], file_columns: list[str], result_columns: list[str]) -> OutputLayout:
+    """``predict``'s output layout: ``predictions.csv`` with ``header``, one ``volumes.csv`` row per volume."""
+    return OutputLayout("predict", "predictions.csv", "predictions.json", header, file_columns,
+                        volume_columns=["path", "kind", "slices", "deciding_slice", "deciding_file", *result_columns])
+
+
 def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None, explainer: Explainer | None,
-                rows: list[dict[str, Any]], errors: list[tuple[str, str]]) -> None:
+                rows: list[dict[str, Any]], errors: list[tuple[str, str]], written: OutputLayout) -> None:
     atomic_write_json(out / "predictions.json", {
+        "layout": written.to_json(),
         "run": str(predictor.run.root.resolve()),
         "inputs_relative_to": str(Path.cwd()),
         **predictor.summary(),

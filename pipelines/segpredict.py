@@ -5,8 +5,9 @@ their frames), predicted at its own size (sliding-window tiles with Gaussian ble
 resize for whole-image models, see :class:`~medlens.pipelines.segtrain.SegModel`), and
 written under the output folder:
 
-- ``masks/NAME-HASH.png``: the thresholded mask, 0/255 (class indices for multi-class
-  runs), the same size as the input;
+- ``masks/NAME-HASH.png`` (``NAME-HASH-fNNNN.png`` for a frame or slice; the one naming
+  rule of :func:`~medlens.pipelines.inference.output_stem`): the thresholded mask, 0/255
+  (class indices for multi-class runs), the same size as the input;
 - ``probabilities/NAME-HASH.png``: the foreground probability as a 16-bit PNG (0..65535);
 - ``overlays/NAME-HASH.png``: the mask tinted and outlined on the original (RGB);
 - with ``explain``, ``explanations/NAME-HASH.SLUG.png`` and ``.npy``: each method's map of
@@ -21,7 +22,10 @@ written under the output folder:
 - ``segmentation.csv``: ``path, frame, sha256, mask, probability, overlay,
   foreground_fraction, foreground_pixels, components, largest_component, seconds`` (and
   ``explanation``, the first method's overlay, and ``SLUG_overlay, SLUG_map, SLUG_inside``
-  per method); ``errors.csv``: every input that could not be read or segmented.
+  per method); ``errors.csv``: every input that could not be read or segmented;
+- ``segmentation.json``: counts, ``complete``, and the output ``layout``
+  (:class:`~medlens.pipelines.inference.OutputLayout`: which columns name files), rewritten
+  with every flush.
 
 ``resume`` keeps the rows of an earlier run into the same folder whose input file has the
 same SHA-256 (content, not name) and whose outputs are still there, and segments the rest;
@@ -33,7 +37,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +48,7 @@ import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.imaging import ImageRecord, read_image
+from medlens.pipelines.inference import OutputLayout, output_stem, read_layout, volume_stem
 from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_npy, save_png, signed_overlay
 from medlens.pipelines.predict import expand_inputs, read_records
@@ -72,6 +76,7 @@ COLUMNS = ["path", "frame", "sha256", "mask", "probability", "overlay", "foregro
            "foreground_pixels", "components", "largest_component", "seconds"]
 VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg",
                   "probability_volume", "foreground_voxels", "foreground_ml", "slices_with_foreground", "note"]
+VOLUME_FILE_COLUMNS = ["mask_volume", "seg", "probability_volume"]
 _EXPLAIN_SIDE = 1024  # explanations run on a copy whose longer side is at most this
 _EXPLAIN_BATCH = 4  # images (noisy copies, path points, occluded copies) per gradient or forward call
 
@@ -89,49 +94,37 @@ class SegmentResult:
     volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _stem(record: ImageRecord, digest: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(record.path).stem)[:60] or "image"
-    frame = "" if record.frame in (None, 0) else f"-f{int(record.frame):04d}"
-    return f"{name}-{digest[:8]}{frame}"
+def layout(columns: Sequence[str], explanation_files: Sequence[str] = ()) -> OutputLayout:
+    """``segment``'s output layout: a ``segmentation.csv`` with ``columns``, the explainer's file columns."""
+    return OutputLayout("segment", "segmentation.csv", "segmentation.json", list(columns),
+                        ["mask", "probability", "overlay", *explanation_files],
+                        volume_columns=list(VOLUME_COLUMNS), volume_file_columns=list(VOLUME_FILE_COLUMNS))
 
 
-def _previous_rows(out: Path, file_columns: Sequence[str] = ()) -> dict[str, list[dict[str, str]]]:
+def _previous_rows(out: Path, current: OutputLayout) -> dict[str, list[dict[str, str]]]:
     """Rows of an earlier ``segmentation.csv`` whose outputs all still exist, by input path.
 
-    ``file_columns``: the explanation columns that name files (each method's overlay and map)."""
+    The earlier folder's recorded layout says which columns name files; a folder written
+    before layouts were recorded is read with this run's layout."""
     table = out / "segmentation.csv"
     if not table.is_file():
         return {}
+    earlier = read_layout(out, ["segmentation.json"]) or current
     kept: dict[str, list[dict[str, str]]] = {}
     with open(table, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            outputs = [row.get(k, "") for k in ("mask", "probability", "overlay", *file_columns) if row.get(k)]
-            if all((out / p).is_file() for p in outputs):
+            if earlier.outputs_present(row, out):
                 kept.setdefault(os.path.realpath(row["path"]), []).append(row)
     return kept
 
 
-def _previous_volumes(out: Path) -> dict[str, dict[str, str]]:
+def _previous_volumes(out: Path, current: OutputLayout) -> dict[str, dict[str, str]]:
     """Rows of an earlier ``volumes.csv`` whose volume files all still exist, by case path."""
     table = out / "volumes.csv"
     if not table.is_file():
         return {}
     with open(table, newline="", encoding="utf-8") as handle:
-        return {row["path"]: row for row in csv.DictReader(handle)
-                if all((out / row[k]).is_file() for k in ("mask_volume", "seg", "probability_volume") if row.get(k))}
-
-
-def _volume_stem(volume: Volume, digest: str) -> str:
-    if volume.kind == "dicom-series":
-        base = Path(volume.path.split("#", 1)[0]).name
-    else:
-        base = Path(volume.path).name
-        for suffix in (".nii.gz", ".nii", ".dcm", ".dicom"):
-            if base.lower().endswith(suffix):
-                base = base[: -len(suffix)]
-                break
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:60] or "volume"
-    return f"{name}-{digest[:8]}"
+        return {row["path"]: row for row in csv.DictReader(handle) if current.outputs_present(row, out, volume=True)}
 
 
 def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarray] | None], out: Path,
@@ -151,7 +144,7 @@ def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarr
         row["note"] = f"no volume written: slice(s) {', '.join(map(str, missing[:10]))} failed"
         return row
     masks = [mask for mask, _ in slices]
-    stem = _volume_stem(volume, digest)
+    stem = volume_stem(volume.path, digest, series=volume.kind == "dicom-series")
     row["mask_volume"] = write_mask_volume(volume, masks, out / "volumes" / f"{stem}.nii.gz").relative_to(out).as_posix()
     if probability:
         path = write_mask_volume(volume, [p for _, p in slices], out / "volumes" / f"{stem}.probability.nii.gz",
@@ -207,8 +200,8 @@ class _Explainer:
         return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map", "inside")]
 
     def file_columns(self) -> list[str]:
-        """The columns that name a file: each method's overlay and map (all must exist to resume a row)."""
-        return [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map")]
+        """The columns that name a file: ``explanation`` and each method's overlay and map."""
+        return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map")]
 
     def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Slug → (map at the explained size, the region at that size)."""
@@ -344,22 +337,29 @@ def segment_paths(
     explainer = _Explainer(model, methods, explain_samples) if methods else None
     explain_columns = explainer.columns() if explainer else []
     file_columns = explainer.file_columns() if explainer else []
-    previous = _previous_rows(out, file_columns) if resume else {}
-    previous_volumes = _previous_volumes(out) if resume else {}
+    columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
+    written = layout(columns, file_columns)
+    previous = _previous_rows(out, written) if resume else {}
+    previous_volumes = _previous_volumes(out, written) if resume else {}
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     cases, series_errors = group_series(everything)
     errors.extend(series_errors)
     chosen, positions = select_shard(cases, shard)
-    columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
     scale = model.input_scale if match_scale else None
     rows: list[dict[str, Any]] = []
     volume_rows: list[dict[str, Any]] = []
     skipped = 0
 
-    def flush() -> Path:
+    def flush(complete: bool = False) -> Path:
         atomic_write_csv(out / "volumes.csv", VOLUME_COLUMNS,
                          ([r.get(c, "") for c in VOLUME_COLUMNS] for r in volume_rows))
-        return atomic_write_csv(out / "segmentation.csv", columns, ([r.get(c, "") for c in columns] for r in rows))
+        table = atomic_write_csv(out / "segmentation.csv", columns, ([r.get(c, "") for c in columns] for r in rows))
+        # Written with every flush, so an interrupted batch's tables always sit beside their layout.
+        atomic_write_json(out / "segmentation.json", {
+            "run": str(model.run.root.resolve()), "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
+            "images": len(rows), "volumes": len(volume_rows), "errors": len(errors), "kept": skipped,
+            "complete": complete, "layout": written.to_json()})
+        return table
 
     for count, case in enumerate(chosen, start=1):
         files = case.files if isinstance(case, Series) else [case]
@@ -426,12 +426,8 @@ def segment_paths(
             progress(len(files))
         if count % flush_every == 0:
             flush()
-    csv_path = flush()
+    csv_path = flush(complete=True)
     errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
-    atomic_write_json(out / "segmentation.json", {"run": str(model.run.root.resolve()),
-                                                  "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
-                                                  "images": len(rows), "volumes": len(volume_rows),
-                                                  "errors": len(errors), "kept": skipped})
     if shard is not None:
         write_shard_manifest(out, shard, chosen, positions, len(cases), "segment")
     if errors:
@@ -456,7 +452,7 @@ def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, t
         binary = postprocess(binarize(prob, threshold), model.min_size)
         indices = binary.astype(np.uint8)
         mask_image = binary * np.uint8(255)
-    stem = _stem(record, digest)
+    stem = output_stem(record.path, digest, record.frame)
     mask_path = save_png(out / "masks" / f"{stem}.png", mask_image.astype(np.uint8))
     prob_path = save_png(out / "probabilities" / f"{stem}.png",
                          np.rint(np.clip(foreground, 0, 1) * 65535).astype(np.uint16))

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.errors import ConfigError, RunDirError
+from medlens.pipelines.inference.layout import OutputLayout, read_layout
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json
 
 __all__ = ["parse_shard", "select_shard", "shard_folder", "write_shard_manifest", "merge_shards", "MergeResult"]
 
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
-_PATH_COLUMNS = ("_overlay", "_map", "mask", "probability", "overlay", "explanation", "_volume", "seg")
 
 
 def _files(item: Any) -> list[Path]:
@@ -99,12 +99,6 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def _prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Output-file columns made relative to the merged folder."""
-    return {k: (f"{prefix}/{v}" if v and isinstance(v, str) and k.endswith(_PATH_COLUMNS) else v)
-            for k, v in row.items()}
-
-
 def _inputs_base(folder: Path) -> str:
     """The folder relative input paths of a shard were relative to (recorded by predict/segment)."""
     for name in ("predictions.json", "segmentation.json"):
@@ -141,31 +135,34 @@ def merge_shards(out: str | Path, *, allow_missing: bool = False) -> MergeResult
     commands = {m["command"] for m in manifests.values()}
     if len(commands) != 1:
         raise RunDirError(f"{root}: shards of different commands ({', '.join(sorted(commands))})")
-    command = commands.pop()
     position = {entry["path"]: entry["position"] for m in manifests.values() for entry in m["files"]}
-    table_name = "segmentation.csv" if command == "segment" else "predictions.csv"
+    layouts = {i: read_layout(f) for i, f in folders.items()}
+    old = [f"{i}/{count}" for i, found in layouts.items() if found is None]
+    if old:
+        raise RunDirError(f"{root}: shard(s) {', '.join(old)} record no output layout (written by an older medlens or "
+                          "not finished); run them again")
+    layout = next(iter(layouts.values()))
+    if any(found != layout for found in layouts.values()):
+        raise RunDirError(f"{root}: the shards' tables differ (other options or versions); run them with the same options")
 
-    header: list[str] = []
     rows: list[dict[str, Any]] = []
     json_rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
     summary: dict[str, Any] = {}
     for folder in (folders[i] for i in sorted(folders)):
-        columns, part = _read_csv(folder / table_name)
-        header = header or columns
-        if columns != header:
-            raise RunDirError(f"{folder / table_name}: columns differ from the other shards'; same options needed")
+        columns, part = _read_csv(folder / layout.table)
+        if columns != layout.columns:
+            raise RunDirError(f"{folder / layout.table}: columns differ from its recorded layout")
         base = _inputs_base(folder)
         for r in part:
             absolute = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-            rows.append({**_prefixed(r, folder.name), "_abs": os.path.realpath(absolute)})
-        if (folder / "predictions.json").is_file():
-            data = json.loads((folder / "predictions.json").read_text())
-            for r in data.get("rows", []):
-                absolute = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-                json_rows.append({**_prefixed(r, folder.name), "path": os.path.realpath(absolute),
-                                  "_abs": os.path.realpath(absolute)})
-            summary = summary or {k: v for k, v in data.items() if k not in ("rows", "errors")}
+            rows.append({**layout.prefixed(r, folder.name), "_abs": os.path.realpath(absolute)})
+        data = json.loads((folder / layout.summary).read_text())
+        for r in data.get("rows", []):  # predictions.json also holds the rows, with their details
+            absolute = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
+            json_rows.append({**layout.prefixed(r, folder.name), "path": os.path.realpath(absolute),
+                              "_abs": os.path.realpath(absolute)})
+        summary = summary or {k: v for k, v in data.items() if k not in ("rows", "errors")}
         if (folder / "errors.csv").is_file():
             errors += [(e["path"], e["error"]) for e in _read_csv(folder / "errors.csv")[1]]
 
@@ -175,37 +172,33 @@ def merge_shards(out: str | Path, *, allow_missing: bool = False) -> MergeResult
     rows.sort(key=order)
     json_rows.sort(key=order)
     unique_errors = list(dict.fromkeys(errors))  # inputs missing altogether are reported by every shard
-    table = atomic_write_csv(root / table_name, header, ([r.get(h, "") for h in header] for r in rows))
+    table = atomic_write_csv(root / layout.table, layout.columns, ([r.get(h, "") for h in layout.columns] for r in rows))
+    merged = {**summary, "merged_shards": sorted(folders), "missing_shards": missing}
     if json_rows:
-        atomic_write_json(root / "predictions.json", {**summary, "inputs_relative_to": "/", "rows": json_rows,
-                                                      "errors": [{"path": p, "error": e} for p, e in unique_errors],
-                                                      "merged_shards": sorted(folders), "missing_shards": missing})
-    if command == "segment":
-        first = folders[min(folders)]
-        if (first / "segmentation.json").is_file():
-            seg = json.loads((first / "segmentation.json").read_text())
-            atomic_write_json(root / "segmentation.json", {**seg, "images": len(rows), "errors": len(unique_errors),
-                                                           "merged_shards": sorted(folders), "missing_shards": missing})
-    if command == "segment":
-        _merge_volumes(root, [folders[i] for i in sorted(folders)], position)
+        merged.update(inputs_relative_to="/", rows=json_rows,
+                      errors=[{"path": p, "error": e} for p, e in unique_errors])
+    else:
+        merged.update(images=len(rows), errors=len(unique_errors))
+    atomic_write_json(root / layout.summary, merged)
+    _merge_volumes(root, layout, [folders[i] for i in sorted(folders)], position)
     atomic_write_csv(root / "errors.csv", ["path", "error"], unique_errors)
     return MergeResult(root, table, count, sorted(folders), missing, len(rows), unique_errors)
 
 
-def _merge_volumes(root: Path, folders: list[Path], position: dict[str, int]) -> None:
+def _merge_volumes(root: Path, layout: OutputLayout, folders: list[Path], position: dict[str, int]) -> None:
     """Join the shards' ``volumes.csv`` (one row per volume case) in input order."""
     header: list[str] = []
     rows: list[dict[str, Any]] = []
     for folder in folders:
-        if not (folder / "volumes.csv").is_file():
+        if not (folder / layout.volume_table).is_file():
             continue
-        columns, part = _read_csv(folder / "volumes.csv")
+        columns, part = _read_csv(folder / layout.volume_table)
         header = header or columns
         base = _inputs_base(folder)
         for r in part:
             first = r.get("first_file") or r["path"]
             absolute = os.path.realpath(first if os.path.isabs(first) else os.path.join(base, first))
-            rows.append({**_prefixed(r, folder.name), "_order": position.get(absolute, len(position))})
+            rows.append({**layout.prefixed(r, folder.name, volume=True), "_order": position.get(absolute, len(position))})
     if header:
         rows.sort(key=lambda r: (r.pop("_order"), r["path"]))
-        atomic_write_csv(root / "volumes.csv", header, ([r.get(h, "") for h in header] for r in rows))
+        atomic_write_csv(root / layout.volume_table, header, ([r.get(h, "") for h in header] for r in rows))

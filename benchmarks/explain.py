@@ -184,7 +184,7 @@ def gradcam_speed(size: int, batch: int, repeats: int) -> dict[str, Any]:
 
 def lime_speed(size: int, samples: list[int], batch_sizes: list[int]) -> dict[str, Any]:
     from medlens.models.backbones import preprocess_function
-    from medlens.pipelines.evaluate import to_probabilities
+    from medlens.pipelines.evaluation.probabilities import to_probabilities
     from medlens.pipelines.lime import LimeExplainer
 
     nested, _ = transfer_models(size)

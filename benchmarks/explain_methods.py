@@ -46,7 +46,7 @@ def demo_positives(runs: Path, images: int, run: Path | None = None, size: int =
     """The demo CNN (trained once into ``runs/run``; or the given ``run``) and the correctly classified
     positives of fresh phantoms (at ``size`` px)."""
     from medlens.app.demo import demo_config
-    from medlens.pipelines.evaluate import to_probabilities
+    from medlens.pipelines.evaluation.probabilities import to_probabilities
     from medlens.pipelines.imaging import read_image
     from medlens.pipelines.phantoms import write_phantoms
     from medlens.pipelines.predict import Predictor

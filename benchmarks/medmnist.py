@@ -210,8 +210,8 @@ def _run(
     """Train one configuration with medlens and evaluate it; returns (record, loaded model)."""
     from medlens.pipelines.config import config_to_dict, load_config
     from medlens.pipelines.data import load_dataset
-    from medlens.pipelines.evaluate import classification_metrics
-    from medlens.pipelines.run_eval import load_run_model, predict_source
+    from medlens.pipelines.evaluation.classification import classification_metrics
+    from medlens.pipelines.evaluation.classification_run import load_run_model, predict_source
     from medlens.pipelines.train import train
 
     spec = DATASETS[key]

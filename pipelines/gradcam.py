@@ -68,7 +68,7 @@ import keras
 import numpy as np
 
 from medlens.pipelines.errors import ConfigError
-from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.evaluation.probabilities import to_probabilities
 from medlens.pipelines.gradients import PREDICTED, class_score_gradients
 
 __all__ = ["CamResult", "GradCAM", "build_gradient_model", "find_target_layer"]

@@ -24,7 +24,7 @@ Scores: the score of class ``c`` for image ``i`` is ``scores[i, c]``. A single-u
 output (binary sigmoid) is expanded to two classes: ``[-z, z]`` for a logit ``z``
 and ``[1 - p, p]`` for a probability ``p``. A class index of ``-1`` means the
 predicted class, ``argmax`` of the output probabilities (as in
-:func:`medlens.pipelines.evaluate.to_probabilities`), resolved inside the
+:func:`medlens.pipelines.evaluation.probabilities.to_probabilities`), resolved inside the
 compiled step so one pass serves both prediction and explanation.
 
 Compiled steps are cached per gradient model (weakly, so they go with it):
@@ -235,7 +235,7 @@ def class_score_gradients(
         N×h×w×c target activations, the gradients of each image's class score with
         respect to them (same shape), and the model's output (N×K or N×1
         probabilities; turn it into N×K with
-        :func:`medlens.pipelines.evaluate.to_probabilities`).
+        :func:`medlens.pipelines.evaluation.probabilities.to_probabilities`).
 
     Raises:
         ValueError: ``class_indices`` does not hold one index per image, or the

@@ -22,16 +22,16 @@ import numpy as np
 
 from medlens.models.backbones import preprocess_function
 from medlens.models.ordinal import decode_grades, grade_probabilities
-from medlens.pipelines.calibration import apply_temperature
 from medlens.pipelines.data import prepare_image
 from medlens.pipelines.errors import ConfigError, ImageReadError, MedlensError
-from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.evaluation.calibration import apply_temperature
+from medlens.pipelines.evaluation.classification_run import load_run_model
 from medlens.pipelines.evaluation.multilabel import positive_findings
+from medlens.pipelines.evaluation.probabilities import to_probabilities
 from medlens.pipelines.explain import Explainer, ExplainOptions, column_names, file_column_names
 from medlens.pipelines.imaging import ImageRecord, list_images, read_frames, sniff_format
 from medlens.pipelines.inference import OutputLayout, read_layout
 from medlens.pipelines.methods import SUPERPIXEL
-from medlens.pipelines.run_eval import load_run_model
 from medlens.pipelines.rundir import (
     RunDir,
     atomic_write_csv,

@@ -54,7 +54,7 @@ import cv2
 import keras
 import numpy as np
 
-from medlens.pipelines.evaluate import to_probabilities
+from medlens.pipelines.evaluation.probabilities import to_probabilities
 from medlens.pipelines.gradcam import CamResult, build_gradient_model
 from medlens.pipelines.gradients import (
     PREDICTED,

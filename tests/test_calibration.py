@@ -7,7 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from medlens.pipelines.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from medlens.pipelines.evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+)
 from medlens.pipelines.predict import predict_paths
 
 

@@ -1,4 +1,4 @@
-"""Tests of medlens.pipelines.evaluate: probabilities, thresholds, metrics, bootstrap, plots."""
+"""Tests of medlens.pipelines.evaluation (classification, bootstrap, plots): probabilities, thresholds, metrics, bootstrap, plots."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medlens.pipelines.errors import RunDirError
-from medlens.pipelines.evaluate import (
+from medlens.pipelines.evaluation.classification import (
     bootstrap_ci,
     choose_threshold,
     classification_metrics,
-    plot_confusion,
-    plot_history,
-    plot_roc,
     to_probabilities,
     write_json_atomic,
 )
+from medlens.pipelines.evaluation.plots import plot_confusion, plot_history, plot_roc
 
 BINARY_NAMES = ["normal", "pneumonia"]
 THREE_NAMES = ["glioma", "meningioma", "pituitary"]

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from medlens.models.backbones import build_backbone
-from medlens.pipelines.run_eval import evaluate_run
+from medlens.pipelines.evaluation.classification_run import evaluate_run
 from medlens.pipelines.rundir import RunDir
 from medlens.pipelines.train import train
 

@@ -1,10 +1,15 @@
-"""Evaluation per task: pure metric functions, thresholds, calibration.
+"""Evaluation per task: pure metric functions, thresholds, calibration, plots, run evaluators.
 
-* :mod:`medlens.pipelines.evaluation.multilabel`: per-finding AUC (95 % CI), average
+* :mod:`~medlens.pipelines.evaluation.probabilities`: a classifier's output as ``N×K`` probabilities;
+* :mod:`~medlens.pipelines.evaluation.classification`: thresholds, single-label metrics with
+  bootstrap CIs (:mod:`~medlens.pipelines.evaluation.bootstrap`);
+* :mod:`~medlens.pipelines.evaluation.multilabel`: per-finding AUC (95 % CI), average
   precision, sensitivity/specificity at per-finding thresholds, prevalence, ECE; macro and
-  micro AUC.
+  micro AUC; :mod:`~medlens.pipelines.evaluation.ordinal`: kappa, MAE, the referable call;
+* :mod:`~medlens.pipelines.evaluation.calibration`: temperature scaling and ECE;
+  :mod:`~medlens.pipelines.evaluation.plots`: ROC, confusion matrix, history;
+* ``*_run`` modules: evaluating a run directory of each task, and its model card.
 
-Single-label classification metrics are in :mod:`medlens.pipelines.evaluate` and
-segmentation's in :mod:`medlens.pipelines.segtrain`; they move here with the evaluation
-package of docs/architecture.md.
+Segmentation's metrics are still in :mod:`medlens.pipelines.segment` and its evaluator in
+:mod:`medlens.pipelines.segtrain`; they move here next.
 """

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from medlens.pipelines.calibration import expected_calibration_error
-from medlens.pipelines.evaluate import bootstrap_ci, choose_threshold
+from medlens.pipelines.evaluation.calibration import expected_calibration_error
+from medlens.pipelines.evaluation.classification import bootstrap_ci, choose_threshold
 
 __all__ = ["choose_thresholds", "multilabel_metrics", "positive_findings"]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
-from medlens.pipelines.evaluate import choose_threshold
+from medlens.pipelines.evaluation.classification import choose_threshold
 from medlens.pipelines.evaluation.ordinal import ordinal_metrics
 from medlens.pipelines.evaluation.runs import card_opening, finish_card, fmt, run_parts
 from medlens.pipelines.rundir import RunDir, threshold_record

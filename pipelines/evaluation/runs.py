@@ -19,7 +19,7 @@ CHECKS_FILE = "explanation_checks.json"
 def run_parts(run_dir: str | Path, model: Any, cfg: Any, dataset: Any,
               load_data: Callable[[Any, int], Any]) -> tuple[RunDir, Any, Any, Any]:
     """The run, its model, config and dataset: the ones given, else loaded from the run directory."""
-    from medlens.pipelines.run_eval import load_run_model
+    from medlens.pipelines.evaluation.classification_run import load_run_model
 
     run = RunDir(run_dir)
     if model is None:

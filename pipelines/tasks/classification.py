@@ -70,7 +70,7 @@ class ClassificationTask(Task):
 
     def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
         """Metrics of a just-trained model on ``split`` (written to ``metrics.json``) and the model card."""
-        from medlens.pipelines.run_eval import evaluate_run, write_model_card
+        from medlens.pipelines.evaluation.classification_run import evaluate_run, write_model_card
 
         metrics = evaluate_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
         write_model_card(run_dir)
@@ -78,7 +78,7 @@ class ClassificationTask(Task):
 
     # evaluation and inference ----------------------------------------------------------------
     def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.run_eval import evaluate_run, write_model_card
+        from medlens.pipelines.evaluation.classification_run import evaluate_run, write_model_card
 
         metrics = evaluate_run(run_dir, split=split)
         write_model_card(run_dir)

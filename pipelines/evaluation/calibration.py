@@ -115,7 +115,7 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medlens.pipelines.evaluate import _save_figure
+    from medlens.pipelines.evaluation.plots import save_figure
 
     figure, axis = plt.subplots(figsize=(4.6, 4.4))
     axis.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
@@ -130,6 +130,6 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     axis.set_ylabel("accuracy")
     axis.set_title(title or "Reliability")
     axis.legend(loc="lower right", fontsize=8)
-    written = _save_figure(figure, path)
+    written = save_figure(figure, path)
     plt.close(figure)
     return written

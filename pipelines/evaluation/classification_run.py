@@ -17,23 +17,18 @@ import keras
 import numpy as np
 
 from medlens.models.backbones import preprocess_function
-from medlens.pipelines.calibration import (
+from medlens.pipelines.config import RunConfig, load_config
+from medlens.pipelines.data import ClassificationSequence, Dataset, load_dataset
+from medlens.pipelines.errors import RunDirError
+from medlens.pipelines.evaluation.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     plot_reliability,
 )
-from medlens.pipelines.config import RunConfig, load_config
-from medlens.pipelines.data import ClassificationSequence, Dataset, load_dataset
-from medlens.pipelines.errors import RunDirError
-from medlens.pipelines.evaluate import (
-    choose_threshold,
-    classification_metrics,
-    plot_confusion,
-    plot_history,
-    plot_roc,
-    to_probabilities,
-)
+from medlens.pipelines.evaluation.classification import choose_threshold, classification_metrics
+from medlens.pipelines.evaluation.plots import plot_confusion, plot_history, plot_roc
+from medlens.pipelines.evaluation.probabilities import to_probabilities
 from medlens.pipelines.evaluation.runs import card_opening
 from medlens.pipelines.rundir import RunDir, threshold_record
 

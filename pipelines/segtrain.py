@@ -44,8 +44,9 @@ from medlens.pipelines.data import (
     to_model_channels,
 )
 from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.evaluation.segmentation import seg_metrics
+from medlens.pipelines.inference.tiling import sliding_window_predict, whole_image_predict
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
-from medlens.pipelines.segment import seg_metrics, sliding_window_predict, whole_image_predict
 from medlens.pipelines.tasks import require_command
 
 __all__ = ["SegModel", "train_segmentation", "evaluate_segmentation", "choose_seg_threshold"]

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medlens.pipelines.segment import (
-    binarize,
+from medlens.pipelines.evaluation.segmentation import seg_metrics
+from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
+from medlens.pipelines.inference.tiling import (
     gaussian_window,
-    mask_stats,
-    postprocess,
-    seg_metrics,
     sliding_window_predict,
     tile_starts,
     whole_image_predict,

@@ -10,6 +10,7 @@
   :mod:`~medlens.pipelines.evaluation.plots`: ROC, confusion matrix, history;
 * ``*_run`` modules: evaluating a run directory of each task, and its model card.
 
-Segmentation's metrics are still in :mod:`medlens.pipelines.segment` and its evaluator in
-:mod:`medlens.pipelines.segtrain`; they move here next.
+* :mod:`~medlens.pipelines.evaluation.segmentation`: Dice, IoU, AUC inside a field of view.
+
+Segmentation's run evaluator is still in :mod:`medlens.pipelines.segtrain`.
 """

@@ -1,4 +1,8 @@
-"""Batch inference's shared parts: the output layout every batch command writes and records."""
+"""Batch inference's shared parts: the output layout every batch command records, tiling, mask clean-up.
+
+:mod:`~medlens.pipelines.inference.layout` (imported here), :mod:`~medlens.pipelines.inference.tiling`
+and :mod:`~medlens.pipelines.inference.masks` (NumPy and OpenCV only).
+"""
 
 from __future__ import annotations
 

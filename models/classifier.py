@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import keras
 
 from medlens.models import multilabel as _multilabel  # noqa: F401  (registers the multi-label loss for loading)
+from medlens.models import names
 from medlens.models.backbones import backbone_blocks, build_backbone
 from medlens.models.ordinal import CumulativeHead
 from medlens.pipelines.errors import ConfigError
@@ -43,7 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKBONE_LAYER = "backbone"
-HEAD_NORMS = ("batchnorm", "none")
+HEAD_NORMS = names.HEAD_NORMS
 _POOLING = {
     "avg": keras.layers.GlobalAveragePooling2D,
     "max": keras.layers.GlobalMaxPooling2D,

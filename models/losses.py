@@ -28,6 +28,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from medlens.models import names
 from medlens.pipelines.errors import ConfigError
 
 __all__ = [
@@ -293,7 +294,7 @@ class TverskyLoss(SegmentationLoss):
         return {**_base_config(self), "alpha": self.alpha, "beta": self.beta, "smooth": self.smooth}
 
 
-LOSSES = ("bce", "dice", "bce_dice", "focal", "tversky")
+LOSSES = names.LOSSES
 
 
 def get_loss(name: str) -> keras.losses.Loss:

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import keras
 
+from medlens.models import names
 from medlens.models.backbones import build_backbone, guess_backbone_name
 from medlens.pipelines.errors import ConfigError
 
@@ -70,7 +71,8 @@ ENCODERS: dict[str, tuple[tuple[str, ...], str, int]] = {
         1,
     ),
 }
-_UPSAMPLING = ("transpose", "bilinear")
+_UPSAMPLING = names.UPSAMPLING
+assert set(ENCODERS) | {"none"} == set(names.ENCODER_NAMES), "models/names.py lists the encoders"
 
 
 def _conv_block(x, filters: int, prefix: str, batch_norm: bool, dropout: float = 0.0):

@@ -18,11 +18,13 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from medlens.pipelines.names import AUGMENT_PRESETS
+
 __all__ = ["PRESETS", "build_augmentation", "augment"]
 
 logger = logging.getLogger(__name__)
 
-PRESETS: tuple[str, ...] = ("none", "xray", "tumour", "fundus")
+PRESETS: tuple[str, ...] = AUGMENT_PRESETS
 
 # Transforms that need three colour channels (albumentations warns on grey images).
 _COLOUR_TRANSFORMS = (A.HueSaturationValue, A.ColorJitter)

@@ -18,6 +18,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from medlens.models import names as model_names
+from medlens.pipelines import names
 from medlens.pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -477,28 +479,31 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "", default: Any = N
     return cls(**kwargs)
 
 
+# Allowed values per key, read from the registries (medlens.models.names, medlens.pipelines.names).
+_TRAINING_CHOICES = {
+    "train.optimizer": names.OPTIMIZERS,
+    "train.distribution": names.DISTRIBUTIONS,
+    "train.mixed_precision": names.MIXED_PRECISION,
+}
+
 _SEG_CHOICES = {
-    "data.kind": ("drive", "folder", "csv"),
-    "data.mode": ("patch", "whole"),
-    "data.augment": ("none", "xray", "tumour", "fundus"),
-    "model.architecture": ("unet", "gan"),
-    "model.encoder": ("none", "vgg16", "resnet50"),
-    "model.upsampling": ("transpose", "bilinear"),
-    "model.loss": ("bce", "dice", "bce_dice", "focal", "tversky"),
-    "train.optimizer": ("adam", "sgd", "adamw"),
-    "train.distribution": ("none", "mirrored", "multi_worker"),
-    "train.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
+    "data.kind": names.SEG_DATA_KINDS,
+    "data.mode": names.SEG_MODES,
+    "data.augment": names.AUGMENT_PRESETS,
+    "model.architecture": model_names.SEG_ARCHITECTURES,
+    "model.encoder": model_names.ENCODER_NAMES,
+    "model.upsampling": model_names.UPSAMPLING,
+    "model.loss": model_names.LOSSES,
+    **_TRAINING_CHOICES,
 }
 
 _CHOICES = {
-    "train.distribution": ("none", "mirrored", "multi_worker"),
-    "train.mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
-    "data.kind": ("folder", "csv", "npz"),
-    "data.augment": ("none", "xray", "tumour", "fundus"),
-    "model.pooling": ("avg", "max"),
-    "model.head_norm": ("batchnorm", "none"),
-    "train.optimizer": ("adam", "sgd", "adamw"),
-    "evaluate.threshold": ("youden", "sensitivity", "0.5"),
+    "data.kind": names.CLASSIFICATION_DATA_KINDS,
+    "data.augment": names.AUGMENT_PRESETS,
+    "model.pooling": model_names.POOLINGS,
+    "model.head_norm": model_names.HEAD_NORMS,
+    "evaluate.threshold": names.THRESHOLD_METHODS,
+    **_TRAINING_CHOICES,
 }
 
 

@@ -78,3 +78,25 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_config(listing)
+
+
+def test_config_validation_reads_allowed_values_from_the_registries_and_every_name_is_built():
+    import numpy as np
+
+    from medlens.models import names as model_names
+    from medlens.models.losses import get_loss
+    from medlens.models.unet import ENCODERS
+    from medlens.pipelines import config, names
+    from medlens.pipelines.augment import build_augmentation
+    from medlens.pipelines.evaluation.classification import choose_threshold
+
+    assert config._SEG_CHOICES["model.loss"] is model_names.LOSSES
+    assert config._CHOICES["data.augment"] is config._SEG_CHOICES["data.augment"] is names.AUGMENT_PRESETS
+    assert config._CHOICES["evaluate.threshold"] is names.THRESHOLD_METHODS
+    assert all(get_loss(name) is not None for name in model_names.LOSSES)
+    assert set(ENCODERS) | {"none"} == set(model_names.ENCODER_NAMES)
+    assert all(preset == "none" or build_augmentation(preset) is not None for preset in names.AUGMENT_PRESETS)
+    truth, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    assert all(0 < choose_threshold(truth, scores, method) < 1 for method in names.THRESHOLD_METHODS)
+    with pytest.raises(ConfigError, match="choose one of adam, sgd, adamw"):
+        load_config({"train": {"optimizer": "rmsprop"}})

@@ -57,12 +57,13 @@ from medlens.pipelines.data.splits import (
 )
 from medlens.pipelines.errors import ConfigError, DatasetError
 from medlens.pipelines.imaging import list_images
+from medlens.pipelines.names import SEG_DATA_KINDS
 
 __all__ = ["SEG_LAYOUTS", "SegDataset", "load_seg_dataset"]
 
 logger = logging.getLogger(__name__)
 
-SEG_LAYOUTS: tuple[str, ...] = ("drive", "folder", "csv")
+SEG_LAYOUTS: tuple[str, ...] = SEG_DATA_KINDS
 
 _DEFAULT_COLUMNS = {
     "image": ("image", "image_path", "path"),

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
+from medlens.pipelines import names
 from medlens.pipelines.evaluation.bootstrap import bootstrap_ci
 from medlens.pipelines.evaluation.probabilities import as_int_labels, to_probabilities
 from medlens.pipelines.rundir import atomic_write_bytes
@@ -47,7 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-THRESHOLD_METHODS = ("youden", "sensitivity", "0.5")
+THRESHOLD_METHODS = names.THRESHOLD_METHODS
 
 # Tolerance on "rows of a softmax output sum to 1" (float32 outputs drift by ~1e-6).
 # Upper bound on the bootstrap count matrix (resamples x N) held in memory at once.

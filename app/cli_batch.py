@@ -28,7 +28,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     RunDir(args.run).require()
     quiet_backend()
-    from medlens.pipelines.predict import expand_inputs
+    from medlens.pipelines.inference.inputs import expand_inputs
     from medlens.pipelines.segpredict import segment_paths, segmentation_methods
     from medlens.pipelines.segtrain import SegModel
     from medlens.pipelines.shards import parse_shard, select_shard
@@ -111,7 +111,9 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     deidentifier = _deidentifier(args)
     check_pacs_arguments(args)
     quiet_backend()
-    from medlens.pipelines.predict import expand_inputs, load_predictor, predict_paths
+    from medlens.pipelines.inference.inputs import expand_inputs
+    from medlens.pipelines.predict import predict_paths
+    from medlens.pipelines.predictors import load_predictor
     from medlens.pipelines.shards import parse_shard, select_shard
 
     shard = parse_shard(args.shard)
@@ -181,7 +183,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     options = _explain_options(args, args.method)
     code = _run_predictions(args, options, "explanations", "explain")
     if args.sanity and code in (0, 1):
-        from medlens.pipelines.predict import expand_inputs
+        from medlens.pipelines.inference.inputs import expand_inputs
 
         files, _ = expand_inputs(args.inputs)
         code = max(code, _randomisation_check(args, files[: args.sanity_limit], options))
@@ -263,7 +265,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_sanity(args: argparse.Namespace) -> int:
     quiet_backend()
     from medlens.pipelines.explain import ExplainOptions, parse_methods
-    from medlens.pipelines.predict import expand_inputs
+    from medlens.pipelines.inference.inputs import expand_inputs
 
     methods = parse_methods(args.methods)
     files, errors = expand_inputs(args.inputs)

@@ -248,7 +248,7 @@ def _check_readable(target: Path, name: str, engine: _Engine) -> list[Any]:
     Returns:
         The records ``predict`` would read from it (every frame of DICOM and NIfTI).
     """
-    from medlens.pipelines.predict import read_records
+    from medlens.pipelines.inference.inputs import read_records
 
     errors: list[tuple[str, str]] = []
     records = list(read_records([target], errors))

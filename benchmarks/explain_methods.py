@@ -49,7 +49,7 @@ def demo_positives(runs: Path, images: int, run: Path | None = None, size: int =
     from medlens.pipelines.evaluation.probabilities import to_probabilities
     from medlens.pipelines.imaging import read_image
     from medlens.pipelines.phantoms import write_phantoms
-    from medlens.pipelines.predict import Predictor
+    from medlens.pipelines.predictors import Predictor
     from medlens.pipelines.train import train
 
     phantoms, fresh = runs / "phantoms", runs / "fresh"

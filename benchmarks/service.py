@@ -80,7 +80,7 @@ def model_ceiling(run: Path, sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)) -> d
     """Images/s of the model call alone (``Predictor.predict_pixels``) by batch size: what batching can win."""
     import numpy as np
 
-    from medlens.pipelines.predict import load_predictor
+    from medlens.pipelines.predictors import load_predictor
 
     predictor = load_predictor(run)
     side = int(predictor.image_size[0])

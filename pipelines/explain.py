@@ -17,7 +17,7 @@ Grad-CAM's gradient step also yields the model output, so a batch explained with
 Grad-CAM costs about one forward-and-backward pass, not a forward pass plus that.
 
 Example:
-    from medlens.pipelines.predict import Predictor
+    from medlens.pipelines.predictors import Predictor
     explainer = Explainer(Predictor("runs/demo"), ExplainOptions(methods=("gradcam", "lime")),
                           out_dir="out")
 """
@@ -51,7 +51,7 @@ from medlens.pipelines.robustness import road_scores
 from medlens.pipelines.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 
 if TYPE_CHECKING:  # pragma: no cover
-    from medlens.pipelines.predict import Predictor
+    from medlens.pipelines.predictors import Predictor
 
 __all__ = ["METHODS", "TITLES", "ExplainOptions", "build_map_method", "build_superpixel_method", "Explainer",
            "parse_methods", "load_masks", "column_names"]

@@ -174,7 +174,7 @@ def randomisation_check(run_dir: str | Path, images: Sequence[str | Path], metho
     Raises:
         ConfigError: No readable image, or none with a target.
     """
-    from medlens.pipelines.predict import load_predictor
+    from medlens.pipelines.predictors import load_predictor
 
     started = time.time()
     options = options or ExplainOptions(methods=tuple(methods))
@@ -227,7 +227,7 @@ def data_randomisation_check(run_dir: str | Path, images: Sequence[str | Path], 
         ConfigError: Not a classifier run (a segmentation run), no readable image, or none with a target.
     """
     from medlens.pipelines.config import load_config
-    from medlens.pipelines.predict import load_predictor
+    from medlens.pipelines.predictors import load_predictor
     from medlens.pipelines.train import train
 
     started = time.time()

@@ -49,10 +49,10 @@ import numpy as np
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import OutputLayout, output_stem, read_layout, volume_stem
+from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
 from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
 from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_npy, save_png, signed_overlay
-from medlens.pipelines.predict import expand_inputs, read_records
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
 from medlens.pipelines.segtrain import SegModel

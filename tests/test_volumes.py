@@ -204,7 +204,7 @@ def test_predict_gives_one_result_per_volume_beside_the_slice_rows(tiny_run, lgg
 
 
 def test_volume_rules_of_multilabel_and_ordinal_predictors():
-    from medlens.pipelines.predict import MultiLabelPredictor, OrdinalPredictor
+    from medlens.pipelines.predictors import MultiLabelPredictor, OrdinalPredictor
 
     findings = np.array([[0.9, 0.1, 0.2], [0.3, 0.7, 0.1]])  # slice 0 has finding A, slice 1 finding B
     volume, k = MultiLabelPredictor.volume_probabilities(None, findings)

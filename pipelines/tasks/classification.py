@@ -85,6 +85,6 @@ class ClassificationTask(Task):
         return [(split, metrics)]
 
     def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predict import Predictor
+        from medlens.pipelines.predictors import Predictor
 
         return Predictor(run_dir, model=model)

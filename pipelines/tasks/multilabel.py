@@ -63,6 +63,6 @@ class MultiLabelTask(ClassificationTask):
         return [(split, {**summary, **per})]
 
     def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predict import MultiLabelPredictor
+        from medlens.pipelines.predictors import MultiLabelPredictor
 
         return MultiLabelPredictor(run_dir, model=model)

@@ -67,6 +67,6 @@ class OrdinalTask(ClassificationTask):
                  {k: ref[k] for k in ("auc", "sensitivity", "specificity", "threshold")})]
 
     def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predict import OrdinalPredictor
+        from medlens.pipelines.predictors import OrdinalPredictor
 
         return OrdinalPredictor(run_dir, model=model)

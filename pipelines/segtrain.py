@@ -316,16 +316,15 @@ def train_segmentation(
     ``run`` and writes its ``config.yaml``.
 
     Returns:
-        A :class:`~medlens.pipelines.train.TrainResult` whose metrics are the pooled test metrics.
+        A :class:`~medlens.pipelines.training.phases.TrainResult` whose metrics are the pooled test metrics.
     """
     from medlens.pipelines.distribute import Distribution
-    from medlens.pipelines.train import (
+    from medlens.pipelines.training.callbacks import restore_rng_state, save_model
+    from medlens.pipelines.training.phases import (
         EvenBatches,
         TrainResult,
-        _optimizer,
-        _save_model,
+        build_optimizer,
         reload_outside,
-        restore_rng_state,
         run_phases,
         worker_result,
     )
@@ -359,7 +358,7 @@ def train_segmentation(
             (freeze_encoder if phase.unfreeze_blocks == 0 else unfreeze_encoder)(_generator(m))
 
     def compile_phase(m: keras.Model, phase: Any) -> None:
-        optimizer = _optimizer(cfg.train.optimizer, phase.learning_rate)
+        optimizer = build_optimizer(cfg.train.optimizer, phase.learning_rate)
         if isinstance(m, SegGAN):
             m.compile(g_optimizer=optimizer,
                       d_optimizer=keras.optimizers.Adam(cfg.model.discriminator_learning_rate, beta_1=0.5))
@@ -371,7 +370,7 @@ def train_segmentation(
                                   compile_phase=compile_phase, resume_state=resume_state, verbose=verbose,
                                   callbacks=callbacks)
     generator = _generator(model)
-    _save_model(generator, run.model_path)
+    save_model(generator, run.model_path)
     if (done := worker_result(distribution, run, state, started)) is not None:
         return done
     generator = reload_outside(distribution, generator, run.model_path)

@@ -86,7 +86,8 @@ def test_config_validation_reads_allowed_values_from_the_registries_and_every_na
     from medlens.models import names as model_names
     from medlens.models.losses import get_loss
     from medlens.models.unet import ENCODERS
-    from medlens.pipelines import config, names
+    from medlens.pipelines import names
+    from medlens.pipelines.config import validation as config
     from medlens.pipelines.augment import build_augmentation
     from medlens.pipelines.evaluation.classification import choose_threshold
 

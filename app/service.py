@@ -37,255 +37,33 @@ temporary folder under a random name, deleted after the request. Errors are JSON
 from __future__ import annotations
 
 import asyncio
-import base64
-import concurrent.futures
 import datetime
-import hashlib
 import hmac
 import json
 import logging
-import queue
 import shutil
-import tempfile
-import threading
 import time
 import uuid
-import zipfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from medlens.app.service_engine import Engine, ServiceSettings, http_error
+from medlens.app.service_uploads import ZIP_MAGIC, b64, check_readable, receive, unzip_series
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.methods import METHODS
-from medlens.pipelines.rundir import RunDir
-from medlens.pipelines.tasks import task_of_run
 
 __all__ = ["create_app", "ServiceSettings"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("medlens.audit")
-_CHUNK = 1 << 20
 #: Endpoints that return data; with a token they need it. The rest (health, page, docs) hold none.
 _PROTECTED = frozenset({"/predict", "/segment", "/model"})
-_ZIP_MAGIC = b"PK\x03\x04"
-_MAX_ZIP_MEMBERS = 4000
-
-
-class ServiceSettings:
-    """Limits and defaults of one service.
-
-    Args:
-        max_upload_mb: Largest accepted upload.
-        max_pixels: Largest accepted image (height × width × frames).
-        explain: Default explanation methods for ``/predict`` (``()`` for none).
-        lime_samples: LIME samples per explanation (the service trades a little for speed).
-        token: Bearer token the data endpoints require (``None``: no authentication).
-        batch_wait_ms: How long a ``/predict`` request waits for others to share its model call.
-        max_batch: Most images in one batched model call.
-    """
-
-    def __init__(self, max_upload_mb: float = 32.0, max_pixels: int = 40_000_000,
-                 explain: tuple[str, ...] = ("gradcam",), lime_samples: int = 300, token: str | None = None,
-                 batch_wait_ms: float = 20.0, max_batch: int = 32):
-        if max_upload_mb <= 0 or max_pixels <= 0:
-            raise ConfigError("upload and pixel limits must be positive")
-        if token is not None and len(token) < 16:
-            raise ConfigError("the service token must have at least 16 characters")
-        if batch_wait_ms < 0 or max_batch < 1:
-            raise ConfigError("batch_wait_ms must be ≥ 0 and max_batch ≥ 1")
-        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
-        self.max_pixels = int(max_pixels)
-        self.explain = tuple(explain)
-        self.lime_samples = int(lime_samples)
-        self.token = token
-        self.batch_wait_s = float(batch_wait_ms) / 1000.0
-        self.max_batch = int(max_batch)
-
-
-class _Engine:
-    """The loaded run and the lock that serialises inference on it."""
-
-    def __init__(self, run_dir: Path, settings: ServiceSettings):
-        self.run = RunDir(run_dir).require()
-        self.state = self.run.read_state()
-        self.spec = task_of_run(self.state, self.run.root)
-        self.task = self.spec.name
-        self.settings = settings
-        self.lock = threading.Lock()
-        self.workdir = Path(tempfile.mkdtemp(prefix="medlens-serve-"))
-        self.explainers: dict[tuple[str, ...], Any] = {}
-        self.model = self.spec.load(self.run.root)
-        self.batcher = _Batcher(self) if self.spec.endpoint == "/predict" else None
-
-    def require(self, endpoint: str) -> None:
-        """409 unless this run's task is served at ``endpoint``."""
-        if self.spec.endpoint != endpoint:
-            raise _error(409, f"this service runs a {self.task} model: POST {self.spec.endpoint}")
-
-    def explainer(self, methods: tuple[str, ...]) -> Any:
-        from medlens.pipelines.explain import Explainer, ExplainOptions
-
-        if methods not in self.explainers:
-            options = ExplainOptions(methods=methods, lime_samples=self.settings.lime_samples)
-            self.explainers[methods] = Explainer(self.model, options, self.workdir)
-        return self.explainers[methods]
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class _Batcher:
-    """Collects concurrent prediction requests into one model call (bounded wait, bounded size)."""
-
-    def __init__(self, engine: _Engine):
-        self.engine = engine
-        self.queue: queue.Queue[tuple[list[np.ndarray], concurrent.futures.Future] | None] = queue.Queue()
-        self.calls = 0
-        self.images = 0
-        self._arriving = 0  # requests received but not yet queued: worth waiting for
-        self._count_lock = threading.Lock()
-        self.thread = threading.Thread(target=self._loop, name="medlens-batcher", daemon=True)
-        self.thread.start()
-
-    def arriving(self, change: int) -> None:
-        """A request starts (+1) or stops (-1) being on its way to :meth:`submit`."""
-        with self._count_lock:
-            self._arriving += change
-
-    def submit(self, pixels: list[np.ndarray]) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self.queue.put((pixels, future))
-        return future
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=10)
-
-    def _collect(self, first: tuple[list[np.ndarray], concurrent.futures.Future]) -> tuple[list, bool]:
-        items, count = [first], len(first[0])
-        deadline = time.monotonic() + self.engine.settings.batch_wait_s
-        while count < self.engine.settings.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self._arriving <= 0 and self.queue.empty()):
-                break  # nobody else is on the way: a lone request never waits
-            try:
-                item = self.queue.get(timeout=min(remaining, 0.002))
-            except queue.Empty:
-                continue
-            if item is None:
-                return items, True
-            items.append(item)
-            count += len(item[0])
-        return items, False
-
-    def _loop(self) -> None:
-        while (first := self.queue.get()) is not None:
-            items, stop = self._collect(first)
-            pixels = [p for item, _ in items for p in item]
-            size = 1 << (len(pixels) - 1).bit_length()  # a power of two: few distinct compiled shapes
-            try:
-                with self.engine.lock:
-                    probabilities = self.engine.model.predict_pixels(pixels + [pixels[-1]] * (size - len(pixels)))
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in items:
-                    future.set_exception(exc)
-            else:
-                self.calls += 1
-                self.images += len(pixels)
-                start = 0
-                for item, future in items:
-                    future.set_result(probabilities[start:start + len(item)])
-                    start += len(item)
-            if stop:
-                return
-
-
-# The explain query of each endpoint, as the upload page sends it (checkbox on, off).
 _EXPLAIN_QUERY = {"/predict": ("default", "none"), "/segment": ("true", "false")}
-
-
-def _error(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
-async def _receive(upload: UploadFile, engine: _Engine, request: Request) -> tuple[Path, Path]:
-    """Stream the upload into a fresh folder of the service's temp dir, enforcing the size limit."""
-    folder = engine.workdir / uuid.uuid4().hex
-    folder.mkdir()
-    target = folder / "upload"  # never the client's file name: no path ever comes from the request
-    size = 0
-    digest = hashlib.sha256()
-    with open(target, "wb") as handle:
-        while chunk := await upload.read(_CHUNK):
-            size += len(chunk)
-            digest.update(chunk)
-            request.state.input_sha256, request.state.input_bytes = digest.hexdigest(), size
-            if size > engine.settings.max_upload_bytes:
-                handle.close()
-                shutil.rmtree(folder, ignore_errors=True)
-                raise _error(413, f"upload is larger than {engine.settings.max_upload_bytes // (1024 * 1024)} MB")
-            handle.write(chunk)
-    if size == 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise _error(400, "upload is empty (0 bytes)")
-    with open(target, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    if gzipped:  # the only gzip medlens reads is a .nii.gz, and its reader goes by that name
-        target = target.rename(folder / "upload.nii.gz")
-    return folder, target
-
-
-def _check_readable(target: Path, name: str, engine: _Engine) -> list[Any]:
-    """Sniff and decode the upload once (as the CLI would); unreadable or too large is a 4xx.
-
-    Returns:
-        The records ``predict`` would read from it (every frame of DICOM and NIfTI).
-    """
-    from medlens.pipelines.inference.inputs import read_records
-
-    errors: list[tuple[str, str]] = []
-    records = list(read_records([target], errors))
-    if errors:
-        reason = errors[0][1]
-        status = 413 if "limit" in reason or "too large" in reason else 415
-        raise _error(status, f"{name}: {reason}")
-    pixels = sum(int(r.pixels.shape[0] * r.pixels.shape[1]) for r in records)
-    if pixels > engine.settings.max_pixels:
-        raise _error(413, f"{name}: {pixels} pixels, above this service's limit of {engine.settings.max_pixels}")
-    return records
-
-
-def _unzip_series(target: Path, name: str, engine: _Engine) -> Path:
-    """A zip of DICOM files → a folder of them; no member may escape it, none be a link, sizes bounded."""
-    folder = target.parent / "series"
-    folder.mkdir()
-    limit = engine.settings.max_upload_bytes * 8
-    try:
-        with zipfile.ZipFile(target) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            if len(members) > _MAX_ZIP_MEMBERS:
-                raise _error(413, f"{name}: {len(members)} files in the zip, above {_MAX_ZIP_MEMBERS}")
-            if sum(m.file_size for m in members) > limit:
-                raise _error(413, f"{name}: the zip unpacks to more than {limit // (1024 * 1024)} MB")
-            for k, member in enumerate(members):
-                if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    continue  # a symlink: never followed, never written
-                with archive.open(member) as source, open(folder / f"{k:05d}.dcm", "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)  # a flat, generated name: no path from the zip
-    except zipfile.BadZipFile as exc:
-        raise _error(415, f"{name}: not a readable zip ({exc})") from None
-    return folder
-
-
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> FastAPI:
@@ -295,7 +73,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
         RunDirError: ``run_dir`` is not a finished run.
     """
     settings = settings or ServiceSettings()
-    engine = _Engine(Path(run_dir), settings)
+    engine = Engine(Path(run_dir), settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -361,7 +139,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
         if batched:
             engine.batcher.arriving(+1)
         try:
-            folder, target = await _receive(file, engine, request)
+            folder, target = await receive(file, engine, request)
         except BaseException:
             if batched:
                 engine.batcher.arriving(-1)
@@ -369,7 +147,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
         name = Path(file.filename or "upload").name
         try:
             try:
-                records = await run_in_threadpool(_check_readable, target, name, engine)
+                records = await run_in_threadpool(check_readable, target, name, engine)
             finally:
                 if batched:
                     engine.batcher.arriving(-1)
@@ -378,7 +156,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                 result = await run_in_threadpool(_predict_locked, engine, target, folder, methods)
                 rows = result.rows
                 if not rows:
-                    raise _error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
+                    raise http_error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
             else:  # batched with concurrent requests
                 probabilities = await asyncio.wrap_future(engine.batcher.submit([r.pixels for r in records]))
                 rows = [{"frame": "" if r.frame is None else r.frame, **engine.model.fields(p)}
@@ -395,28 +173,28 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
     async def segment(request: Request, file: UploadFile = File(...),  # noqa: B008
                       explain: bool = Query(False, description="add a Seg-Grad-CAM overlay")) -> dict[str, Any]:
         engine.require("/segment")
-        folder, target = await _receive(file, engine, request)
+        folder, target = await receive(file, engine, request)
         name = Path(file.filename or "upload").name
         try:
             with open(target, "rb") as handle:
-                zipped = handle.read(4) == _ZIP_MAGIC
+                zipped = handle.read(4) == ZIP_MAGIC
             if zipped:
-                target = await run_in_threadpool(_unzip_series, target, name, engine)
+                target = await run_in_threadpool(unzip_series, target, name, engine)
             else:
-                await run_in_threadpool(_check_readable, target, name, engine)
+                await run_in_threadpool(check_readable, target, name, engine)
             started = time.perf_counter()
             result = await run_in_threadpool(_segment_locked, engine, target, folder, explain)
             if not result.rows:
-                raise _error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
+                raise http_error(415, f"{name}: {result.errors[0][1] if result.errors else 'no image in the upload'}")
             out = folder / "out"
             frames = []
             for row in result.rows:
                 item = {"frame": row["frame"] if row["frame"] != "" else None,
                         "foreground_fraction": row["foreground_fraction"], "components": row["components"],
-                        "mask_png_base64": _b64(out / row["mask"]),
-                        "overlay_png_base64": _b64(out / row["overlay"])}
+                        "mask_png_base64": b64(out / row["mask"]),
+                        "overlay_png_base64": b64(out / row["overlay"])}
                 if explain:
-                    item["seg_gradcam_png_base64"] = _b64(out / row["explanation"])
+                    item["seg_gradcam_png_base64"] = b64(out / row["explanation"])
                 frames.append(item)
             reply: dict[str, Any] = {"file": name, "threshold": engine.model.threshold, "frames": frames}
             if result.volumes:
@@ -425,8 +203,8 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                     "kind": volume["kind"], "slices": volume["slices"], "shape": volume["shape"],
                     "foreground_voxels": volume.get("foreground_voxels", ""),
                     "foreground_ml": volume.get("foreground_ml", ""), "note": volume.get("note", ""),
-                    "mask_nifti_base64": _b64(out / volume["mask_volume"]) if volume.get("mask_volume") else None,
-                    "seg_dicom_base64": _b64(out / volume["seg"]) if volume.get("seg") else None}
+                    "mask_nifti_base64": b64(out / volume["mask_volume"]) if volume.get("mask_volume") else None,
+                    "seg_dicom_base64": b64(out / volume["seg"]) if volume.get("seg") else None}
             if zipped and result.errors:
                 reply["skipped"] = len(result.errors)  # files of the zip that were not DICOM slices
             reply.update(seconds=round(time.perf_counter() - started, 3),
@@ -450,7 +228,7 @@ def _authorised(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def _frame(engine: _Engine, row: dict[str, Any], methods: tuple[str, ...], out: Path) -> dict[str, Any]:
+def _frame(engine: Engine, row: dict[str, Any], methods: tuple[str, ...], out: Path) -> dict[str, Any]:
     """One frame of a ``/predict`` reply: label, probabilities, the task's summary, and its maps."""
     item: dict[str, Any] = {"frame": row["frame"] if row["frame"] != "" else None, "label": row["label"],
                             "probabilities": {c: row[f"p_{c}"] for c in engine.model.class_names},
@@ -465,7 +243,7 @@ def _frame(engine: _Engine, row: dict[str, Any], methods: tuple[str, ...], out: 
     return item
 
 
-def _segment_locked(engine: _Engine, target: Path, folder: Path, explain: bool) -> Any:
+def _segment_locked(engine: Engine, target: Path, folder: Path, explain: bool) -> Any:
     from medlens.pipelines.segpredict import segment_paths
 
     with engine.lock:
@@ -475,7 +253,7 @@ def _segment_locked(engine: _Engine, target: Path, folder: Path, explain: bool) 
 def _explanations(row: dict[str, Any], methods: tuple[str, ...], out: Path, target: str | None) -> dict[str, Any]:
     """Overlay (base64 PNG) and peak of each method for one target of a row."""
     keys = [(method, slug if target is None else f"{slug}_{target}") for method, slug in _slugs(methods)]
-    return {method: {"overlay_png_base64": _b64(out / row[f"{key}_overlay"]),
+    return {method: {"overlay_png_base64": b64(out / row[f"{key}_overlay"]),
                      "peak": [row[f"{key}_peak_row"], row[f"{key}_peak_col"]]} for method, key in keys}
 
 
@@ -493,10 +271,10 @@ def _methods(text: str, settings: ServiceSettings) -> tuple[str, ...]:
     try:
         return parse_methods(text)
     except ConfigError as exc:
-        raise _error(400, str(exc)) from None
+        raise http_error(400, str(exc)) from None
 
 
-def _predict_locked(engine: _Engine, target: Path, folder: Path, methods: tuple[str, ...]) -> Any:
+def _predict_locked(engine: Engine, target: Path, folder: Path, methods: tuple[str, ...]) -> Any:
     from medlens.pipelines.predict import predict_paths
 
     with engine.lock:

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
@@ -51,10 +50,10 @@ from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import OutputLayout, output_stem, read_layout, volume_stem
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
-from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
-from medlens.pipelines.overlay import heatmap_overlay, mask_overlay, save_npy, save_png, signed_overlay
+from medlens.pipelines.overlay import mask_overlay, save_png
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
+from medlens.pipelines.seg_explain import MaskExplainer, segmentation_methods
 from medlens.pipelines.segtrain import SegModel
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 from medlens.pipelines.volumes import (
@@ -77,8 +76,6 @@ COLUMNS = ["path", "frame", "sha256", "mask", "probability", "overlay", "foregro
 VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg",
                   "probability_volume", "foreground_voxels", "foreground_ml", "slices_with_foreground", "note"]
 VOLUME_FILE_COLUMNS = ["mask_volume", "seg", "probability_volume"]
-_EXPLAIN_SIDE = 1024  # explanations run on a copy whose longer side is at most this
-_EXPLAIN_BATCH = 4  # images (noisy copies, path points, occluded copies) per gradient or forward call
 
 
 @dataclass
@@ -167,111 +164,6 @@ def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarr
     return row
 
 
-class _Explainer:
-    """Maps of each predicted mask by every method asked, on a copy no larger than ``_EXPLAIN_SIDE``.
-
-    One target for all: the predicted mask. Seg-Grad-CAM explains its summed logit at the
-    bottleneck; the input-saliency methods (:mod:`medlens.pipelines.saliency`) the same sum at
-    the pixels; LIME and Kernel SHAP the mask's mean foreground probability as superpixels
-    are hidden (signed weights: for, against).
-    """
-
-    def __init__(self, model: SegModel, methods: Sequence[str], samples: int | None = None):
-        from medlens.pipelines.explain import ExplainOptions, build_map_method
-        from medlens.pipelines.seg_gradcam import SegGradCAM
-
-        self.model = model
-        self.methods: dict[str, Any] = {}
-        # blur: exact in any affine pixel scaling; superpixel samples as asked (default as predict's)
-        self.options = ExplainOptions(methods=(), ig_baseline="blur",
-                                      **({} if samples is None else {"lime_samples": int(samples)}))
-        for method in methods:
-            slug = SEGMENTATION_METHODS[method]
-            if method == "seg-gradcam":
-                self.methods[slug] = SegGradCAM(model.model, threshold=model.threshold)
-            elif method in SUPERPIXEL:
-                self.methods[slug] = method  # built per image: its score is that image's region
-            else:
-                self.methods[slug] = build_map_method(method, model.model, self.options, None,
-                                                      batch_size=_EXPLAIN_BATCH)
-
-    def columns(self) -> list[str]:
-        """Every explanation column of ``segmentation.csv``."""
-        return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map", "inside")]
-
-    def file_columns(self) -> list[str]:
-        """The columns that name a file: ``explanation`` and each method's overlay and map."""
-        return ["explanation"] + [f"{slug}_{part}" for slug in self.methods for part in ("overlay", "map")]
-
-    def __call__(self, pixels: np.ndarray, mask: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Slug → (map at the explained size, the region at that size)."""
-        x = self.model.model_input(pixels)
-        height, width = x.shape[:2]
-        scale = min(1.0, _EXPLAIN_SIDE / max(height, width))
-        multiple = self.model.multiple
-        new_h = max(multiple, int(round(height * scale / multiple)) * multiple)
-        new_w = max(multiple, int(round(width * scale / multiple)) * multiple)
-        small = cv2.resize(x, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        small = small[..., None] if small.ndim == 2 else small
-        region = cv2.resize((mask > 0).astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-        maps = {}
-        for slug, method in self.methods.items():
-            if isinstance(method, str):
-                maps[slug] = (self._superpixel_map(method, pixels, (new_h, new_w), region), region)
-            else:
-                maps[slug] = (method(small[None], regions=region[None]).maps[0], region)
-        return maps
-
-    def _superpixel_map(self, method: str, pixels: np.ndarray, size: tuple[int, int], region: np.ndarray
-                        ) -> np.ndarray:
-        """LIME / Kernel SHAP of the region's mean foreground probability (signed superpixel weights)."""
-        from medlens.pipelines.explain import build_superpixel_method
-        from medlens.pipelines.saliency import as_probabilities
-
-        area = max(float(region.sum()), 1.0)
-
-        def region_probability(batch: np.ndarray) -> np.ndarray:  # RGB 0..255 → N×2 [1 − m, m]
-            x = np.stack([self.model.model_input(image / np.float32(255.0)) for image in batch])
-            x = x[..., None] if x.ndim == 3 else x
-            foreground = 1.0 - as_probabilities(self.model.model.predict_on_batch(x))[..., 0]
-            mean = (foreground * region).reshape(len(batch), -1).sum(axis=1) / area
-            return np.stack([1.0 - mean, mean], axis=1)
-
-        small = cv2.resize(np.asarray(pixels, np.float32), size[::-1], interpolation=cv2.INTER_AREA)
-        image = np.clip(small * 255.0, 0.0, 255.0)
-        return build_superpixel_method(method, region_probability, self.options).explain(image, class_index=1).map
-
-    def write(self, out: Path, stem: str, pixels: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-        """Each method's overlay PNG (original size) and map ``.npy``; the row's explanation fields."""
-        from medlens.pipelines.faithfulness import energy_pointing, resize_map
-
-        fields: dict[str, Any] = {}
-        for slug, (saliency, region) in self(pixels, mask).items():
-            if slug in SUPERPIXEL:  # signed weights: green for the region, red against
-                picture = signed_overlay(pixels, resize_map(saliency, pixels.shape[:2]))
-            else:
-                picture = heatmap_overlay(pixels, saliency)
-            overlay = save_png(out / "explanations" / f"{stem}.{slug}.png", picture)
-            saved = save_npy(out / "explanations" / f"{stem}.{slug}.npy", saliency.astype(np.float32))
-            fields[f"{slug}_overlay"] = overlay.relative_to(out).as_posix()
-            fields[f"{slug}_map"] = saved.relative_to(out).as_posix()
-            positive = np.clip(saliency, 0.0, None)
-            fields[f"{slug}_inside"] = round(energy_pointing(positive, region), 4) if region.any() else ""
-            fields.setdefault("explanation", fields[f"{slug}_overlay"])  # the first method's, as before
-        return fields
-
-
-def segmentation_methods(explain: bool | str | Sequence[str]) -> tuple[str, ...]:
-    """``segment``'s ``explain``: False/None (none), True (Seg-Grad-CAM) or method names."""
-    from medlens.pipelines.explain import parse_methods
-
-    if explain is True:
-        return ("seg-gradcam",)
-    if not explain:
-        return ()
-    return parse_methods(explain, SEGMENTATION_METHODS, SEGMENTATION_ALIASES)
-
-
 def segment_paths(
     run_dir: str | Path,
     inputs: Iterable[str | Path],
@@ -334,7 +226,7 @@ def segment_paths(
     threshold = model.threshold if threshold is None else float(threshold)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     methods = segmentation_methods(explain)
-    explainer = _Explainer(model, methods, explain_samples) if methods else None
+    explainer = MaskExplainer(model, methods, explain_samples) if methods else None
     explain_columns = explainer.columns() if explainer else []
     file_columns = explainer.file_columns() if explainer else []
     columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
@@ -436,7 +328,7 @@ def segment_paths(
 
 
 def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, threshold: float,
-                 explainer: _Explainer | None, scale: dict[str, Any] | None = None,
+                 explainer: MaskExplainer | None, scale: dict[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Segment one image; returns its row, its label map (0 background) and foreground probability."""
     started = time.perf_counter()

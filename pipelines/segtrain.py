@@ -263,8 +263,8 @@ def _build_model(cfg: SegRunConfig) -> keras.Model:
         filters=m.filters,
         batch_norm=m.batch_norm,
         dropout=m.dropout,
-        encoder=None if m.encoder == "none" else m.encoder,
-        encoder_weights=m.encoder_weights,
+        encoder=None if m.backbone == "none" else m.backbone,
+        encoder_weights=m.weights,
         level_dropout=m.level_dropout,
         upsampling=m.upsampling,
     )
@@ -337,7 +337,7 @@ def train_segmentation(
         if not dataset.splits.get(split):
             raise ConfigError(f"segmentation dataset has no {split!r} split; set data.val_fraction/test_fraction "
                               "above 0 or give splits")
-    preprocess = _preprocess(cfg.model.encoder)
+    preprocess = _preprocess(cfg.model.backbone)
     kwargs = cfg.data.sequence_kwargs()
     train_data = SegmentationSequence(dataset.splits["train"], **kwargs, preprocess=preprocess, seed=cfg.seed)
     kwargs.update(augment="none")
@@ -351,7 +351,7 @@ def train_segmentation(
             restore_rng_state(model, resume_state.get("rng", []))
         else:
             model = _build_model(cfg)
-    has_encoder = cfg.model.encoder != "none"
+    has_encoder = cfg.model.backbone != "none"
 
     def prepare_phase(m: keras.Model, phase: Any) -> None:
         if has_encoder:
@@ -380,8 +380,8 @@ def train_segmentation(
     run_state = {
         "task": "segmentation",
         "architecture": cfg.model.architecture,
-        "encoder": cfg.model.encoder,
-        "encoder_weights": cfg.model.encoder_weights,
+        "encoder": cfg.model.backbone,  # run.json keeps its field names: runs written before still load
+        "encoder_weights": cfg.model.weights,
         "channels": d.channels,
         "num_classes": d.num_classes,
         "mode": d.mode,

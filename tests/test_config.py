@@ -87,8 +87,8 @@ def test_config_validation_reads_allowed_values_from_the_registries_and_every_na
     from medlens.models.losses import get_loss
     from medlens.models.unet import ENCODERS
     from medlens.pipelines import names
-    from medlens.pipelines.config import validation as config
     from medlens.pipelines.augment import build_augmentation
+    from medlens.pipelines.config import validation as config
     from medlens.pipelines.evaluation.classification import choose_threshold
 
     assert config._SEG_CHOICES["model.loss"] is model_names.LOSSES
@@ -101,3 +101,24 @@ def test_config_validation_reads_allowed_values_from_the_registries_and_every_na
     assert all(0 < choose_threshold(truth, scores, method) < 1 for method in names.THRESHOLD_METHODS)
     with pytest.raises(ConfigError, match="choose one of adam, sgd, adamw"):
         load_config({"train": {"optimizer": "rmsprop"}})
+
+
+def test_a_segmentation_encoder_is_spelled_backbone_and_weights_as_for_classifiers(caplog):
+    import logging
+
+    seg = {"task": "segmentation", "data": {"kind": "drive", "root": "x", "patch_size": 64}}
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.config"):
+        old = load_config({**seg, "model": {"encoder": "vgg16", "encoder_weights": "none"}})
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'model.encoder' is deprecated; use 'model.backbone' (set to 'vgg16')",
+        "config key 'model.encoder_weights' is deprecated; use 'model.weights' (set to 'none')"]
+    caplog.clear()
+    new = load_config({**seg, "model": {"backbone": "vgg16", "weights": "none"}})
+    assert old.model == new.model and new.model.backbone == "vgg16" and new.model.multiple() == 16
+    assert caplog.records == []
+    old_override = load_config(seg, ["model.encoder=resnet50"])  # the old key on the command line too
+    assert old_override.model.backbone == "resnet50"
+    with pytest.raises(ConfigError, match="'model.backbone' is 'densenet'; choose one of none, vgg16, resnet50"):
+        load_config({**seg, "model": {"backbone": "densenet"}})
+    classifier = load_config({"model": {"backbone": "resnet50", "weights": "none"}})  # the same two keys
+    assert (classifier.model.backbone, classifier.model.weights) == ("resnet50", "none")

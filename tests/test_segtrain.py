@@ -51,10 +51,10 @@ def test_segmentation_config_defaults_presets_and_errors(shared_data, monkeypatc
     assert load_config("brain-tumour-seg").data.columns["patient_id"] == "patient"
     for tree, message in (
         ({"data": {"patch_size": 50}}, "must be a multiple of 16"),
-        ({"model": {"encoder": "resnet50"}, "data": {"patch_size": 48}}, "multiple of 32"),
+        ({"model": {"backbone": "resnet50"}, "data": {"patch_size": 48}}, "multiple of 32"),
         ({"model": {"architecture": "vae"}}, "'model.architecture' is 'vae'"),
         ({"evaluate": {"threshold": "otsu"}}, "must be a number or best_dice"),
-        ({"model": {"encoder": "vgg16"}, "data": {"channels": 1}}, "needs data.channels=3"),
+        ({"model": {"backbone": "vgg16"}, "data": {"channels": 1}}, "needs data.channels=3"),
         ({"data": {"patchsize": 64}}, "unknown config key 'data.patchsize'"),
     ):
         with pytest.raises(ConfigError, match=message):

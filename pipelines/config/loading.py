@@ -190,10 +190,18 @@ def load_config(
 _RENAMED_DATA_KEYS = {"path_column": "image", "label_column": "label", "patient_column": "patient_id",
                       "split_column": "split"}
 _RENAMED_VALUES = {("data", "kind", "folders"): "folder"}
+# Keys renamed so that every task spells one thing one way (a segmentation encoder is a backbone).
+_RENAMED_KEYS = {("model", "encoder"): "backbone", ("model", "encoder_weights"): "weights"}
 
 
 def _migrate_spellings(tree: dict[str, Any]) -> None:
     """Rewrite deprecated keys and values of a config tree in place, with a notice for each."""
+    for (section, old), new in _RENAMED_KEYS.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and old in node:
+            value = node.pop(old)
+            node.setdefault(new, value)
+            log.warning("config key '%s.%s' is deprecated; use '%s.%s' (set to %r)", section, old, section, new, value)
     data = tree.get("data")
     if not isinstance(data, dict):
         return

@@ -263,8 +263,11 @@ class SegModelConfig:
     Attributes:
         architecture: ``unet`` (trained on the segmentation loss) or ``gan`` (the U-Net is the
             generator of a V-GAN-style :class:`~medlens.models.seggan.SegGAN`).
-        encoder: ``none`` (plain U-Net), ``vgg16`` or ``resnet50`` (pretrained encoder).
-        encoder_weights: ``imagenet``, ``none`` or a weights file, as for classifiers.
+        backbone: the U-Net's encoder: ``none`` (plain U-Net), ``vgg16`` or ``resnet50`` (a
+            pretrained backbone, as ``model.backbone`` of a classifier; the old key
+            ``model.encoder`` still works, with a notice).
+        weights: the backbone's weights: ``imagenet``, ``none`` or a weights file, as
+            ``model.weights`` of a classifier (formerly ``model.encoder_weights``).
         depth, filters, batch_norm, dropout, level_dropout, upsampling: U-Net shape (see
             :func:`~medlens.models.unet.build_unet`).
         loss: ``bce``, ``dice``, ``bce_dice``, ``focal`` or ``tversky``.
@@ -277,8 +280,8 @@ class SegModelConfig:
     """
 
     architecture: str = "unet"
-    encoder: str = "none"
-    encoder_weights: str = "none"
+    backbone: str = "none"
+    weights: str = "none"
     depth: int = 4
     filters: int = 32
     batch_norm: bool = True
@@ -294,7 +297,7 @@ class SegModelConfig:
 
     def multiple(self) -> int:
         """The network's size divisor: input sides must be multiples of it."""
-        return {"vgg16": 16, "resnet50": 32}.get(self.encoder, 2**self.depth)
+        return {"vgg16": 16, "resnet50": 32}.get(self.backbone, 2**self.depth)
 
 
 @dataclass

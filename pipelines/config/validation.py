@@ -34,7 +34,7 @@ _SEG_CHOICES = {
     "data.mode": names.SEG_MODES,
     "data.augment": names.AUGMENT_PRESETS,
     "model.architecture": model_names.SEG_ARCHITECTURES,
-    "model.encoder": model_names.ENCODER_NAMES,
+    "model.backbone": model_names.ENCODER_NAMES,
     "model.upsampling": model_names.UPSAMPLING,
     "model.loss": model_names.LOSSES,
     **_TRAINING_CHOICES,
@@ -84,7 +84,7 @@ def _validate_seg(cfg: SegRunConfig) -> None:
         raise ConfigError(f"config key 'evaluate.tile' must be a multiple of {multiple}, got {cfg.evaluate.tile}")
     if not 0 <= cfg.evaluate.overlap < 1:
         raise ConfigError("config key 'evaluate.overlap' must be in [0, 1)")
-    if model.encoder != "none" and data.channels != 3:
+    if model.backbone != "none" and data.channels != 3:
         raise ConfigError("a pretrained encoder needs data.channels=3")
     if data.batch_size < 1 or data.num_classes < 1:
         raise ConfigError("config keys 'data.batch_size' and 'data.num_classes' must be at least 1")

@@ -15,7 +15,7 @@ class SegmentationTask(Task):
     endpoint = "/segment"
 
     def describe_model(self, cfg: Any) -> str:
-        encoder = "" if cfg.model.encoder == "none" else f", {cfg.model.encoder} encoder ({cfg.model.encoder_weights})"
+        encoder = "" if cfg.model.backbone == "none" else f", {cfg.model.backbone} encoder ({cfg.model.weights})"
         return f"{cfg.model.architecture}{encoder}"
 
     def describe_target(self, cfg: Any) -> str:

@@ -24,7 +24,7 @@ from medlens.pipelines.phantoms import write_phantoms
 from medlens.pipelines.rundir import SCHEMA_VERSION, RunDir
 from medlens.pipelines.tasks import task_of_run
 
-LEGACY = Path(__file__).parent / "data" / "legacy_runs" / "v0.1"
+LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy_runs" / "v0.1"
 
 
 @pytest.fixture(scope="module")

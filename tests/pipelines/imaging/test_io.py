@@ -41,7 +41,7 @@ from medlens.pipelines.imaging import record as io_record
 @pytest.fixture(scope="module")
 def data_root() -> Path:
     """The shared real-data folder: $MEDLENS_DATA, else ../shared/data beside the repository."""
-    root = Path(os.environ.get("MEDLENS_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
+    root = Path(os.environ.get("MEDLENS_DATA", Path(__file__).resolve().parents[3] / "../shared/data")).resolve()
     assert root.is_dir(), f"shared data not found at {root}; set MEDLENS_DATA"
     return root
 

@@ -23,7 +23,7 @@ from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, Layer
 from medlens.pipelines.gradients import class_score_gradients
 from medlens.pipelines.phantoms import make_phantom
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 32
 # Backbone → (number of classes, expected automatic target layer).
 NESTED = {

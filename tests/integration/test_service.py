@@ -22,7 +22,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from test_report import browse
+from browser import browse
 
 from medlens.app.cli import main
 

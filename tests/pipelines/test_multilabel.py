@@ -249,7 +249,8 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
         assert sorted(layer["name"] for layer in case["layers"]) == sorted(
             f"{title}: {f}" for f in present for title in ("Grad-CAM", "Grad-CAM++"))
         assert all((out / layer["src"]).is_file() for layer in case["layers"])
-    from test_report import _Table, browse
+    from browser import ReportTable as _Table
+    from browser import browse
 
     done = browse((out / "report.html").as_uri(), tmp_path, "--dump-dom")
     table = _Table()

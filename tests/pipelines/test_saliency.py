@@ -22,7 +22,7 @@ from medlens.pipelines.saliency import (
     window_starts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def linear_model() -> keras.Model:

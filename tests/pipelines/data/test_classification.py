@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from files import write_manifest as _write_manifest
 
 from medlens.pipelines.config import DataConfig
 from medlens.pipelines.data import (
@@ -48,14 +48,6 @@ def _write_tree(root: Path, counts: dict[str, int], start: int = 0) -> int:
             _write_png(root / name / f"{name}_{i:03d}.png", value)
             value += 1
     return value
-
-
-def _write_manifest(path: Path, rows: list[dict[str, object]]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def _total(dataset: Dataset) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from files import write_png as _png
 
 from medlens.pipelines.data import (
     SegDataConfig,
@@ -33,12 +33,6 @@ def data_root() -> Path:
 @pytest.fixture(scope="module")
 def drive(data_root: Path):
     return load_seg_dataset({"kind": "drive", "root": str(data_root / "drive")}, seed=0)
-
-
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
-    return path
 
 
 def _touch_images(folder: Path, names: list[str], size: tuple[int, int] = (8, 8)) -> None:

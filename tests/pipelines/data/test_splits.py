@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_classification import _write_manifest
-from test_segmentation import _png
+from files import write_manifest as _write_manifest
+from files import write_png as _png
 
 from medlens.pipelines.config import DataConfig
 from medlens.pipelines.data import (

@@ -29,8 +29,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     RunDir(args.run).require()
     quiet_backend()
     from medlens.pipelines.inference.inputs import expand_inputs
+    from medlens.pipelines.seg_model import SegModel
     from medlens.pipelines.segpredict import segment_paths, segmentation_methods
-    from medlens.pipelines.segtrain import SegModel
     from medlens.pipelines.shards import parse_shard, select_shard
 
     shard = parse_shard(args.shard)

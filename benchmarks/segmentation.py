@@ -79,8 +79,8 @@ def train_one(name: str, overrides: list[str], runs: Path, data: Path, preset: s
 def throughput(run: Path, data: Path, work: Path) -> dict[str, Any]:
     import cv2
 
+    from medlens.pipelines.seg_model import SegModel
     from medlens.pipelines.segpredict import segment_paths
-    from medlens.pipelines.segtrain import SegModel
 
     model = SegModel(run)
     images = sorted((data / "drive" / "test" / "images").glob("*.tif"))[:10]
@@ -128,8 +128,8 @@ def scale_check(run: Path, data: Path, work: Path, factor: float = 1.7) -> dict[
     import cv2
 
     from medlens.pipelines.imaging import read_mask
+    from medlens.pipelines.seg_model import SegModel
     from medlens.pipelines.segpredict import segment_paths
-    from medlens.pipelines.segtrain import SegModel
 
     model = SegModel(run)
     folder = work / f"x{factor}"

@@ -18,7 +18,7 @@ import numpy as np
 
 from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
 from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
-from medlens.pipelines.segtrain import SegModel
+from medlens.pipelines.seg_model import SegModel
 
 __all__ = ["MaskExplainer", "segmentation_methods"]
 

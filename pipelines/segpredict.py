@@ -54,7 +54,7 @@ from medlens.pipelines.overlay import mask_overlay, save_png
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
 from medlens.pipelines.seg_explain import MaskExplainer, segmentation_methods
-from medlens.pipelines.segtrain import SegModel
+from medlens.pipelines.seg_model import SegModel
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 from medlens.pipelines.volumes import (
     Series,

@@ -10,7 +10,6 @@
   :mod:`~medlens.pipelines.evaluation.plots`: ROC, confusion matrix, history;
 * ``*_run`` modules: evaluating a run directory of each task, and its model card.
 
-* :mod:`~medlens.pipelines.evaluation.segmentation`: Dice, IoU, AUC inside a field of view.
-
-Segmentation's run evaluator is still in :mod:`medlens.pipelines.segtrain`.
+* :mod:`~medlens.pipelines.evaluation.segmentation`: Dice, IoU, AUC inside a field of view;
+  :mod:`~medlens.pipelines.evaluation.segmentation_run`: a segmentation run's evaluation.
 """

@@ -27,7 +27,7 @@ class SegmentationTask(Task):
         return train_segmentation(cfg, run, resume_state=resume_state, **options)
 
     def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.segtrain import evaluate_segmentation, write_seg_model_card
+        from medlens.pipelines.evaluation.segmentation_run import evaluate_segmentation, write_seg_model_card
 
         result = evaluate_segmentation(run_dir, split=split)
         write_seg_model_card(run_dir)
@@ -35,6 +35,6 @@ class SegmentationTask(Task):
                 (f"{split} (mean per image)", result["mean"])]
 
     def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.segtrain import SegModel
+        from medlens.pipelines.seg_model import SegModel
 
         return SegModel(run_dir, model=model)

@@ -13,8 +13,8 @@ from volume_data import brightness_model
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.imaging import ImageRecord, read_image, read_mask
 from medlens.pipelines.scale import fov_diameter, scale_factor, training_scale
+from medlens.pipelines.seg_model import SegModel
 from medlens.pipelines.segpredict import segment_paths
-from medlens.pipelines.segtrain import SegModel
 
 
 def _disc(size: int, radius: float) -> np.ndarray:

@@ -14,9 +14,10 @@ import pytest
 from medlens.app.cli import main
 from medlens.pipelines.config import SegRunConfig, load_config
 from medlens.pipelines.errors import ConfigError
+from medlens.pipelines.evaluation.segmentation_run import choose_seg_threshold
 from medlens.pipelines.phantoms import write_phantoms
 from medlens.pipelines.seg_gradcam import SegGradCAM, box_region
-from medlens.pipelines.segtrain import SegModel, choose_seg_threshold
+from medlens.pipelines.seg_model import SegModel
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

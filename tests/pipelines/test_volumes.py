@@ -19,8 +19,8 @@ from dicom_checks import dciodvfy_errors
 from volume_data import brightness_model, lgg_volume, write_nifti, write_series
 
 from medlens.app.cli import main
+from medlens.pipelines.seg_model import SegModel
 from medlens.pipelines.segpredict import segment_paths
-from medlens.pipelines.segtrain import SegModel
 from medlens.pipelines.volumes import group_series
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -197,15 +197,18 @@ def test_train_shows_one_summary_line_per_epoch_and_keras_lines_only_when_verbos
 
 
 def test_predict_walks_its_inputs_once(tiny_run, phantom_dir, tmp_path, monkeypatch):
+    import medlens.pipelines.inference.inputs as inputs_module
     import medlens.pipelines.predict as predict_module
 
     calls = []
-    original = predict_module.expand_inputs
+    original = inputs_module.expand_inputs
 
     def counting(inputs):
         calls.append(list(inputs))
         return original(inputs)
 
+    # Where the CLI looks the walker up (at call time) and where the batch loop holds it.
+    monkeypatch.setattr(inputs_module, "expand_inputs", counting)
     monkeypatch.setattr(predict_module, "expand_inputs", counting)
     assert main(["predict", str(tiny_run), str(phantom_dir / "lesion"), "--out", str(tmp_path / "out")]) == 0
     assert len(calls) == 1  # the progress bar and the batch share one walk of the folder

@@ -28,14 +28,22 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture
 def inputs(phantom_dir: Path, shared_data: Path, tmp_path: Path) -> list[Path]:
-    """One phantom under two names (same content) and a 10-frame DICOM."""
+    """One phantom under two names (same content) and a 10-frame DICOM, in this (sorted) order.
+
+    All three live under ``tmp_path``: inputs are processed in sorted path order, and the shared data's
+    path sorts before or after ``/tmp`` depending on the machine (CI's ``/check/...`` comes first).
+    """
     image = sorted((phantom_dir / "lesion").iterdir())[0]
     first = tmp_path / "in" / "a.png"
     second = tmp_path / "in" / "sub" / "copy of a.png"
+    volume = tmp_path / "in" / "volumes" / "emri_small.dcm"
     second.parent.mkdir(parents=True)
+    volume.parent.mkdir(parents=True)
     shutil.copy(image, first)
     shutil.copy(image, second)
-    return [first, second, shared_data / "dicom_samples" / "emri_small.dcm"]
+    shutil.copy(shared_data / "dicom_samples" / "emri_small.dcm", volume)
+    assert sorted([volume, second, first]) == [first, second, volume]
+    return [first, second, volume]
 
 
 def test_predict_names_explanations_by_content_and_frame_and_records_its_layout(tiny_run, inputs, tmp_path):

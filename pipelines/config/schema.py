@@ -37,6 +37,12 @@ MANIFEST_COLUMNS = {"image": "path", "label": "label", "patient_id": "patient_id
                     "findings": ""}
 
 
+# Shares carved for validation and test when the data gives no such split: one default for every task
+# (segmentation's were 0.2 / 0.2 before medlens had one data stack; set them to keep earlier splits).
+DEFAULT_VAL_FRACTION = 0.15
+DEFAULT_TEST_FRACTION = 0.15
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are split and fed.
@@ -54,8 +60,8 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     image_size: list[int] = field(default_factory=lambda: [224, 224])
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
     dedupe: bool = True
     augment: str = "none"
     class_weights: bool = False
@@ -208,8 +214,9 @@ class SegDataConfig:
         columns: ``csv``: column names per role, e.g. ``{"patient_id": "patient"}``; roles are
             ``image``, ``mask``, ``fov``, ``patient_id``, ``split``, ``mask2``. Missing roles fall
             back to common names (``patient``, ``case``...).
-        val_fraction: Share carved from train for validation (by patient / image).
-        test_fraction: Share held out for test when the data gives no splits.
+        val_fraction: Share carved from train for validation (by patient / image); 0.15 as for
+            every task (``DEFAULT_VAL_FRACTION``; segmentation used 0.2 before the data stacks merged).
+        test_fraction: Share held out for test when the data gives no splits (0.15, formerly 0.2).
         mode: ``patch`` (random patches) or ``whole`` (whole images resized to ``image_size``).
         patch_size: Patch side in pixels (``patch`` mode).
         patches_per_image: Patches drawn from each image per epoch (``patch`` mode).
@@ -229,8 +236,8 @@ class SegDataConfig:
     fov_dir: str = ""
     manifest: str = ""
     columns: dict[str, str] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
     mode: str = "patch"
     patch_size: int = 64
     patches_per_image: int = 8

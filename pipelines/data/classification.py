@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.pipelines.config import DataConfig
-from medlens.pipelines.data.manifest import file_path, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
 from medlens.pipelines.data.sources import ArraySource, Dataset, FileSource, ImageSource
 from medlens.pipelines.data.splits import (
     SPLIT_ALIASES,
@@ -116,16 +116,17 @@ def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
 
     paths: list[Path] = []
     missing: list[str] = []
+    files = ManifestFiles(manifest, root)
     for row in rows:
         value = (row.get(cfg.column("image")) or "").strip()
-        path = file_path(value, root)
+        path = files(value)
         if path is None or not path.is_file():
             missing.append(value or "(empty path)")
         paths.append(path or root)
     if missing:
         shown = ", ".join(missing[:5])
         raise DatasetError(
-            f"{manifest}: {len(missing)} row(s) point at missing files under {root}, e.g. {shown}"
+            f"{manifest}: {len(missing)} row(s) point at missing files under {files.base}, e.g. {shown}"
         )
 
     groups = None
@@ -245,8 +246,9 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     ``folder``: ``cfg.root`` holds one sub-folder per class, or ``train/``, ``test/`` (and
     optionally ``val/``) folders each holding class folders. ``csv``: ``cfg.manifest``
     (relative to ``cfg.root`` unless absolute) with path/label and optional patient/split
-    columns; paths are relative to ``cfg.root``. ``npz``: MedMNIST file ``cfg.npz`` with its
-    official splits (not deduplicated).
+    columns; file paths are relative to the manifest's folder, as for every task
+    (:class:`~medlens.pipelines.data.manifest.ManifestFiles`). ``npz``: MedMNIST file ``cfg.npz``
+    with its official splits (not deduplicated).
 
     With ``cfg.dedupe``, byte-identical files are collapsed to the first copy; a file found
     in two given splits is kept in ``test`` (then ``val``) and dropped from ``train``.

@@ -33,7 +33,7 @@ import numpy as np
 
 from medlens.pipelines.config import FindingsDataConfig
 from medlens.pipelines.data.classification import _resolve, read_npz_pool
-from medlens.pipelines.data.manifest import file_path, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
 from medlens.pipelines.data.sources import Dataset, FileSource
 from medlens.pipelines.data.splits import assign_splits, normalise_split, split_pool
 from medlens.pipelines.errors import DatasetError
@@ -124,8 +124,9 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
     split_column = split_column if split_column in columns else ""
 
     paths, labels, groups, splits, bad = [], [], [], [], []
+    files = ManifestFiles(manifest, root)
     for number, row in enumerate(rows, start=2):  # line 1 is the header
-        path = file_path(row.get(image_column), root)
+        path = files(row.get(image_column))
         try:
             if path is None:
                 raise ValueError(f"empty {image_column!r}")

@@ -1,14 +1,23 @@
-"""CSV manifests, read one way for every task: one row per sample, files relative to a base folder."""
+"""CSV manifests, read one way for every task: one row per sample, files relative to the manifest.
+
+One rule for every task (as MONAI's datalists): a relative file cell is resolved against the
+folder that holds the manifest, so a manifest travels with its images. Classification manifests
+used to be resolved against ``data.root`` instead; where a cell is not found beside the manifest
+but is found under the root, :class:`ManifestFiles` still takes it, with one notice per manifest.
+"""
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from medlens.pipelines.errors import DatasetError
 
-__all__ = ["manifest_path", "read_rows", "file_path"]
+__all__ = ["manifest_path", "read_rows", "file_path", "ManifestFiles"]
+
+log = logging.getLogger(__name__)
 
 
 def manifest_path(root: Path, name: str, default: str = "manifest.csv") -> Path:
@@ -49,3 +58,38 @@ def file_path(text: str | None, base: Path) -> Path | None:
         return None
     path = Path(text.strip()).expanduser()
     return path if path.is_absolute() else base / path
+
+
+class ManifestFiles:
+    """Resolves a manifest's file cells: relative to the manifest's folder, the one rule.
+
+    A cell that is missing beside the manifest but present under ``root`` (the rule classification
+    manifests followed before) is resolved there; the first such cell logs a notice naming both
+    folders. A cell found in neither place resolves beside the manifest, so the error that
+    follows names where medlens looked.
+
+    Example:
+        >>> files = ManifestFiles(Path("data/lists/train.csv"), Path("data"))
+        >>> files("/abs/a.png"), files("")
+        (PosixPath('/abs/a.png'), None)
+    """
+
+    def __init__(self, manifest: Path, root: Path) -> None:
+        self.manifest = manifest
+        self.base = manifest.parent
+        self.root = root
+        self.from_root = 0
+
+    def __call__(self, text: str | None) -> Path | None:
+        path = file_path(text, self.base)
+        if path is None or path.is_file() or self.root == self.base:
+            return path
+        legacy = file_path(text, self.root)
+        if legacy is None or not legacy.is_file():
+            return path
+        if not self.from_root:
+            log.warning("%s: file paths are relative to the manifest's folder (%s); found %r under data.root (%s) "
+                        "instead, the old rule for classification manifests (deprecated: write paths relative "
+                        "to the manifest)", self.manifest, self.base, str(text).strip(), self.root)
+        self.from_root += 1
+        return legacy

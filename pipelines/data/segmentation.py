@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.config import SegDataConfig
-from medlens.pipelines.data.manifest import file_path, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
 from medlens.pipelines.data.pairs import (
     DEFAULT_MASK_SUFFIXES,
     SegSample,
@@ -146,17 +146,18 @@ def _read_manifest(manifest: Path, root: Path, columns: Mapping[str, str]) -> li
 
     samples: list[SegSample] = []
     missing: list[Path] = []
+    files = ManifestFiles(manifest, root)
     for line, row in enumerate(rows, start=2):
         def cell(role: str, row: dict[str, Any] = row) -> str:
             column = roles[role]
             return (row.get(column) or "").strip() if column else ""
 
-        image = file_path(cell("image"), root)
-        mask = file_path(cell("mask"), root)
+        image = files(cell("image"))
+        mask = files(cell("mask"))
         if image is None or mask is None:
             raise DatasetError(f"{manifest}: line {line} has an empty image or mask cell")
-        fov = file_path(cell("fov"), root)
-        mask2 = file_path(cell("mask2"), root)
+        fov = files(cell("fov"))
+        mask2 = files(cell("mask2"))
         for path in (image, mask, fov, mask2):
             if path is not None and not path.is_file():
                 missing.append(path)
@@ -233,7 +234,7 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         if not cfg.manifest:
             raise ConfigError("segmentation data kind 'csv' needs a manifest file")
         manifest = manifest_path(root, cfg.manifest)
-        samples = _read_manifest(manifest, manifest.parent, cfg.columns)
+        samples = _read_manifest(manifest, root, cfg.columns)
     if not samples:
         raise DatasetError(f"{root}: no image/mask pairs found")
     check_sizes(samples)

@@ -11,13 +11,14 @@ import pytest
 from files import write_manifest as _write_manifest
 from files import write_png as _png
 
-from medlens.pipelines.config import DataConfig
+from medlens.pipelines.config import DataConfig, FindingsDataConfig
 from medlens.pipelines.data import (
     SegmentationSequence,
     SegSample,
     assign_splits,
     check_patients,
     load_dataset,
+    load_findings,
     load_seg_dataset,
 )
 from medlens.pipelines.errors import DatasetError
@@ -39,9 +40,11 @@ def _dataset(root: Path, patients: int, splits: dict[int, str] | None = None) ->
     _write_manifest(root / "masks.csv", masks)
 
 
-def _load_both(root: Path, **fractions: float):
-    classes = load_dataset(DataConfig(kind="csv", root=str(root), manifest="classes.csv", **fractions), seed=0)
-    masks = load_seg_dataset({"kind": "csv", "root": str(root), "manifest": "masks.csv", **fractions}, seed=0)
+def _load_both(root: Path, folder: str = "", **fractions: float):
+    classes = load_dataset(DataConfig(kind="csv", root=str(root), manifest=f"{folder}classes.csv", **fractions),
+                           seed=0)
+    masks = load_seg_dataset({"kind": "csv", "root": str(root), "manifest": f"{folder}masks.csv", **fractions},
+                             seed=0)
     patients = {
         "classification": {name: {g for g in source.groups} for name, source in classes.splits.items()},
         "segmentation": {name: {s.patient_id for s in items} for name, items in masks.splits.items()},
@@ -77,6 +80,46 @@ def test_given_splits_that_share_patient_ids_are_reported_not_refused(tmp_path: 
     assert classes.report["patients_shared"] == masks.report["patients_shared"] == {"train/test": 1}
     assert classes.report["patients"] == masks.report["patients"] == {"train": 4, "val": 1, "test": 2}
     assert classes.report["splits_from"] == "given"
+
+
+def test_without_given_splits_every_task_carves_the_same_default_shares(tmp_path: Path) -> None:
+    _dataset(tmp_path, 40)
+    _, _, patients = _load_both(tmp_path)  # no fractions set: the one default (0.15 / 0.15) of every task
+    sizes = {task: {name: len(ids) for name, ids in split.items()} for task, split in patients.items()}
+    assert sizes["classification"] == sizes["segmentation"] == {"train": 28, "val": 6, "test": 6}  # 0.2: 24/8/8
+
+
+def test_manifest_file_paths_are_relative_to_the_manifest_folder_for_every_task(tmp_path: Path) -> None:
+    _dataset(tmp_path / "study", 6)
+    classes, masks, patients = _load_both(tmp_path, "study/")  # root is the parent; the files sit beside the lists
+    assert sum(len(s.paths) for s in classes.splits.values()) == 12
+    assert sum(len(items) for items in masks.splits.values()) == 12
+    assert all(p.parent == tmp_path / "study" / "img" for s in classes.splits.values() for p in s.paths)
+
+
+def test_manifest_paths_under_the_root_the_old_classification_rule_still_load_with_one_notice(
+        tmp_path: Path, caplog) -> None:
+    _dataset(tmp_path, 6)  # paths like img/p00_0.png, relative to the root
+    (tmp_path / "lists").mkdir()
+    for name in ("classes.csv", "masks.csv"):
+        (tmp_path / name).rename(tmp_path / "lists" / name)
+    rows = [{"path": row["path"], "A": int(row["label"]), "B": 1 - int(row["label"]), "patient_id": row["patient_id"]}
+            for row in csv.DictReader(open(tmp_path / "lists" / "classes.csv"))]
+    _write_manifest(tmp_path / "lists" / "findings.csv", rows)
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+        classes, masks, _ = _load_both(tmp_path, "lists/")
+        findings = load_findings(FindingsDataConfig(kind="csv", root=str(tmp_path), manifest="lists/findings.csv",
+                                                    findings=["A", "B"]), seed=0)
+    assert sum(len(s.paths) for s in classes.splits.values()) == sum(len(s.paths) for s in findings.splits.values())
+    assert sum(len(s.paths) for s in classes.splits.values()) == sum(len(v) for v in masks.splits.values()) == 12
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 3, notices  # one per manifest, not one per row
+    for name, notice in zip(("classes.csv", "masks.csv", "findings.csv"), notices, strict=True):
+        assert notice.startswith(f"{tmp_path / 'lists' / name}: file paths are relative to the manifest's folder")
+        assert "under data.root" in notice and "deprecated" in notice
+    (tmp_path / "img" / "p00_0.png").unlink()  # found in neither place: the error names the manifest's folder
+    with pytest.raises(DatasetError, match=r"1 row\(s\) point at missing files under .*lists, e\.g\. img/p00_0\.png"):
+        _load_both(tmp_path, "lists/")
 
 
 def test_made_splits_share_no_patient_and_report_none(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from medlens.app.pacs_cli import (
     add_pacs_command,
 )
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.methods import METHODS, SEGMENTATION_METHODS
+from medlens.pipelines.explain.methods import METHODS, SEGMENTATION_METHODS
 
 __all__ = ["main", "build_parser"]
 

@@ -20,7 +20,7 @@ from medlens.app.pacs_cli import (
     push_outputs,
 )
 from medlens.pipelines.errors import ConfigError
-from medlens.pipelines.methods import METHODS
+from medlens.pipelines.explain.methods import METHODS
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -274,7 +274,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     options = ExplainOptions(methods=methods, seed=args.seed, ig_steps=args.ig_steps)
     code = _randomisation_check(args, files[: args.limit], options)
     if args.data:
-        from medlens.pipelines.sanity import data_randomisation_check
+        from medlens.pipelines.explain.sanity import data_randomisation_check
 
         result = data_randomisation_check(args.run, files[: args.limit], methods, fail_at=args.fail_at,
                                           epochs=args.epochs, options=options, retrain=args.retrain)
@@ -289,7 +289,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 def _randomisation_check(args: argparse.Namespace, files: list, options) -> int:
     """Run the cascading weight-randomisation check and print each method's path and verdict."""
-    from medlens.pipelines.sanity import CHECKS_FILE, randomisation_check
+    from medlens.pipelines.explain.sanity import CHECKS_FILE, randomisation_check
 
     if not args.debug:  # each randomised copy compiles its own gradient step; TensorFlow warns about each
         logging.getLogger("tensorflow").setLevel(logging.ERROR)

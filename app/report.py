@@ -33,10 +33,10 @@ import numpy as np
 
 from medlens.app.report_page import render_page
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.faithfulness import resize_map
+from medlens.pipelines.explain.faithfulness import resize_map
+from medlens.pipelines.explain.methods import SUPERPIXEL, TITLES
+from medlens.pipelines.explain.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.imaging import read_frames
-from medlens.pipelines.methods import SUPERPIXEL, TITLES
-from medlens.pipelines.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.rundir import RunDir, atomic_write_text
 
 __all__ = ["write_report", "ReportResult"]

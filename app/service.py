@@ -55,7 +55,7 @@ from starlette.concurrency import run_in_threadpool
 from medlens.app.service_engine import Engine, ServiceSettings, http_error
 from medlens.app.service_uploads import ZIP_MAGIC, b64, check_readable, receive, unzip_series
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.methods import METHODS
+from medlens.pipelines.explain.methods import METHODS
 
 __all__ = ["create_app", "ServiceSettings"]
 

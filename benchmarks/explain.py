@@ -114,8 +114,8 @@ def keras_io_heatmap(image: np.ndarray, model: Any, layer: str, grad_model: Any 
 def gradcam_speed(size: int, batch: int, repeats: int) -> dict[str, Any]:
     import keras
 
-    from medlens.pipelines.gradcam import GradCAM
-    from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
+    from medlens.pipelines.explain.gradcam import GradCAM
+    from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus
 
     nested, flat = transfer_models(size)
     images = np.random.default_rng(0).uniform(-110, 140, (batch, size, size, 3)).astype(np.float32)
@@ -185,7 +185,7 @@ def gradcam_speed(size: int, batch: int, repeats: int) -> dict[str, Any]:
 def lime_speed(size: int, samples: list[int], batch_sizes: list[int]) -> dict[str, Any]:
     from medlens.models.backbones import preprocess_function
     from medlens.pipelines.evaluation.probabilities import to_probabilities
-    from medlens.pipelines.lime import LimeExplainer
+    from medlens.pipelines.explain.lime import LimeExplainer
 
     nested, _ = transfer_models(size)
     preprocess = preprocess_function("vgg16")
@@ -223,10 +223,15 @@ def lime_speed(size: int, samples: list[int], batch_sizes: list[int]) -> dict[st
 def faithfulness(runs: Path, images: int, samples: list[int], steps: int) -> dict[str, Any]:
     from explain_methods import demo_positives
 
-    from medlens.pipelines.faithfulness import deletion_auc, insertion_auc, pointing_game, random_saliency
-    from medlens.pipelines.gradcam import GradCAM
-    from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus
-    from medlens.pipelines.lime import LimeExplainer, region_centre
+    from medlens.pipelines.explain.faithfulness import (
+        deletion_auc,
+        insertion_auc,
+        pointing_game,
+        random_saliency,
+    )
+    from medlens.pipelines.explain.gradcam import GradCAM
+    from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus
+    from medlens.pipelines.explain.lime import LimeExplainer, region_centre
 
     setup = demo_positives(runs, images)
     predictor, predict_fn, target = setup["predictor"], setup["predict_fn"], setup["target"]

@@ -8,7 +8,7 @@ positives of a fresh phantom set, each method gets:
   (noisy linear imputation, 10–90 % removed), **pointing game** (peak in the lesion; the centre
   of the strongest superpixel for LIME / Kernel SHAP) and **energy** inside the lesion;
 * **randomisation**: the cascading weight-randomisation check of ``medlens sanity``
-  (:func:`medlens.pipelines.sanity.randomisation_check`) — Spearman, SSIM and HOG similarity
+  (:func:`medlens.pipelines.explain.sanity.randomisation_check`) — Spearman, SSIM and HOG similarity
   after full randomisation and the verdict;
 * **stability**: max-sensitivity under uniform noise of 2 % of the value range (8 draws);
 * **cost**: seconds per image, and as a multiple of one forward pass of the same batch.
@@ -106,8 +106,13 @@ def vgg_positives(runs: Path, images: int, size: int = 128) -> dict[str, Any]:
 
 
 def _scores(setup: dict[str, Any], maps: list[np.ndarray], peaks: list[Any] | None, steps: int) -> dict[str, float]:
-    from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, pointing_game
-    from medlens.pipelines.robustness import road_scores
+    from medlens.pipelines.explain.faithfulness import (
+        deletion_auc,
+        energy_pointing,
+        insertion_auc,
+        pointing_game,
+    )
+    from medlens.pipelines.explain.robustness import road_scores
 
     predict_fn, target = setup["predict_fn"], setup["target"]
     rows = []
@@ -138,8 +143,8 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
                 variants: tuple = SUPERPIXEL_VARIANTS, draws: int = 8) -> dict[str, Any]:
     """Maps, scores, cost and stability of every method (randomisation is added by :func:`randomisation`)."""
     from medlens.pipelines.explain import ExplainOptions, build_map_method
-    from medlens.pipelines.faithfulness import random_saliency
-    from medlens.pipelines.robustness import max_sensitivity
+    from medlens.pipelines.explain.faithfulness import random_saliency
+    from medlens.pipelines.explain.robustness import max_sensitivity
 
     predictor, batch, target = setup["predictor"], setup["batch"], setup["target"]
     count = len(batch)
@@ -188,7 +193,7 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
 def randomisation(setup: dict[str, Any], rows: dict[str, Any], images: int, samples: int) -> None:
     """Add each method's cascading-randomisation similarity and verdict to its row."""
     from medlens.pipelines.explain import ExplainOptions
-    from medlens.pipelines.sanity import randomisation_check
+    from medlens.pipelines.explain.sanity import randomisation_check
 
     methods = tuple(dict.fromkeys(r["method"] for r in rows.values() if r["method"] != "random"))
     checks = randomisation_check(setup["run"], setup["files"][:images], methods, write=False,
@@ -205,8 +210,8 @@ def randomisation(setup: dict[str, Any], rows: dict[str, Any], images: int, samp
 
 def shap_peer(setup: dict[str, Any], samples: list[int], steps: int) -> dict[str, Any]:
     """The shap package's KernelExplainer on medlens's superpixels against medlens Kernel SHAP."""
-    from medlens.pipelines.faithfulness import deletion_auc
-    from medlens.pipelines.superpixels import segment_image
+    from medlens.pipelines.explain.faithfulness import deletion_auc
+    from medlens.pipelines.explain.superpixels import segment_image
 
     try:
         import shap
@@ -268,7 +273,7 @@ def tf_keras_vis_peer(size: int = 64, batch: int = 16) -> dict[str, Any]:
         return {"error": "tf-keras-vis is not installed"}
     from explain import transfer_models
 
-    from medlens.pipelines.saliency import SmoothGrad, VanillaGradient
+    from medlens.pipelines.explain.saliency import SmoothGrad, VanillaGradient
 
     nested, flat = transfer_models(size)
     images = np.random.default_rng(0).uniform(-110, 140, (batch, size, size, 3)).astype(np.float32)
@@ -306,7 +311,7 @@ def quantus_peer(setup: dict[str, Any], images: int) -> dict[str, Any]:
         import quantus
     except Exception as exc:  # not installed, or it breaks on import
         return {"installs": False, "error": _error_line(exc)}
-    from medlens.pipelines.gradcam import GradCAM
+    from medlens.pipelines.explain.gradcam import GradCAM
 
     result: dict[str, Any] = {"installs": True, "version": quantus.__version__}
 

@@ -143,7 +143,7 @@ def write_findings_phantoms(folder: str | Path, *, count: int = 200, size: int =
     """Write multi-label phantoms with a mask per finding and a manifest.
 
     Layout: ``folder/images/case_0001.png``, ``folder/masks/case_0001_<finding>.png`` (the
-    name :class:`~medlens.pipelines.explain.Explainer` looks up for a finding's pointing
+    name :class:`~medlens.pipelines.explain.explainer.Explainer` looks up for a finding's pointing
     game), ``folder/manifest.csv`` with ``path,patient_id`` and one 0/1 column per finding
     of :data:`FINDINGS` (each present with probability ``prevalence``, independently; two
     images per patient).

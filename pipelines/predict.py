@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.explain import Explainer, ExplainOptions
+from medlens.pipelines.explain.methods import SUPERPIXEL
 from medlens.pipelines.imaging import ImageRecord, sniff_format
 from medlens.pipelines.inference import OutputLayout, read_layout
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
-from medlens.pipelines.methods import SUPERPIXEL
 from medlens.pipelines.predictors import MultiLabelPredictor, Predictor, load_predictor
 from medlens.pipelines.rundir import (
     atomic_write_csv,

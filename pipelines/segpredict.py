@@ -46,14 +46,14 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.explain.overlay import mask_overlay, save_png
+from medlens.pipelines.explain.segmentation import MaskExplainer, segmentation_methods
 from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import OutputLayout, output_stem, read_layout, volume_stem
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
-from medlens.pipelines.overlay import mask_overlay, save_png
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
-from medlens.pipelines.seg_explain import MaskExplainer, segmentation_methods
 from medlens.pipelines.seg_model import SegModel
 from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
 from medlens.pipelines.volumes import (
@@ -192,7 +192,7 @@ def segment_paths(
         overwrite: Write into a non-empty folder (files of the same name are replaced).
         resume: Keep earlier results for inputs whose content is unchanged; do the rest.
         explain: Also explain each predicted mask: True for Seg-Grad-CAM, or names from
-            :data:`~medlens.pipelines.methods.SEGMENTATION_METHODS` (``"seg-gradcam,ig"``); each
+            :data:`~medlens.pipelines.explain.methods.SEGMENTATION_METHODS` (``"seg-gradcam,ig"``); each
             writes an overlay PNG and the map (``.npy``) under ``explanations/``, with the
             share of the map's energy inside the predicted region (``SLUG_inside``).
         explain_samples: LIME / Kernel SHAP perturbed samples per image (default 1000).

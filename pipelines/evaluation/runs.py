@@ -12,7 +12,7 @@ from medlens.pipelines.rundir import RunDir, atomic_write_text
 
 __all__ = ["CHECKS_FILE", "card_opening", "finish_card", "fmt", "run_parts", "write_checks_to_card"]
 
-#: The randomisation check's results in a run directory (see :mod:`medlens.pipelines.sanity`).
+#: The randomisation check's results in a run directory (see :mod:`medlens.pipelines.explain.sanity`).
 CHECKS_FILE = "explanation_checks.json"
 
 

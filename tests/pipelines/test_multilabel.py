@@ -357,7 +357,7 @@ def test_input_gradient_methods_point_at_each_finding(findings_run, tmp_path):
 @pytest.mark.slow
 def test_randomisation_check_passes_real_maps_and_fails_a_model_blind_one(findings_run, tmp_path, capsys,
                                                                           monkeypatch):
-    from medlens.pipelines import sanity
+    from medlens.pipelines.explain import sanity
     from medlens.pipelines.rundir import RunDir
 
     fresh = tmp_path / "fresh"

@@ -15,8 +15,8 @@ from medlens.app.cli import main
 from medlens.pipelines.config import SegRunConfig, load_config
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.evaluation.segmentation_run import choose_seg_threshold
+from medlens.pipelines.explain.seg_gradcam import SegGradCAM, box_region
 from medlens.pipelines.phantoms import write_phantoms
-from medlens.pipelines.seg_gradcam import SegGradCAM, box_region
 from medlens.pipelines.seg_model import SegModel
 
 

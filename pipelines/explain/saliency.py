@@ -2,7 +2,7 @@
 
 All three differentiate a class score (the output layer's logit where the model has one,
 as Grad-CAM does) with respect to the model-ready input pixels, through the one gradient
-helper of :mod:`medlens.pipelines.gradients`, so they run on TensorFlow, JAX and PyTorch.
+helper of :mod:`medlens.pipelines.explain.gradients`, so they run on TensorFlow, JAX and PyTorch.
 They share Grad-CAM's call signature (``method(images, class_index=...)``) and result
 fields, so the explainer, multi-label findings and ordinal ``grade ≥ k`` targets use them
 unchanged.
@@ -32,7 +32,7 @@ is all zero).
 **Regions of a segmentation output.** Every method also explains a segmentation model: call
 it with ``regions`` (N×H×W, 1 inside the region, e.g. the predicted mask) instead of a class,
 and the score is the class logit summed over the region (as Seg-Grad-CAM's,
-:mod:`medlens.pipelines.seg_gradcam`); occlusion then measures the drop of the region's mean
+:mod:`medlens.pipelines.explain.seg_gradcam`); occlusion then measures the drop of the region's mean
 probability. ``class_index`` names the output channel (default 0, the one sigmoid channel).
 
 Example:
@@ -55,8 +55,8 @@ import keras
 import numpy as np
 
 from medlens.pipelines.evaluation.probabilities import to_probabilities
-from medlens.pipelines.gradcam import CamResult, build_gradient_model
-from medlens.pipelines.gradients import (
+from medlens.pipelines.explain.gradcam import CamResult, build_gradient_model
+from medlens.pipelines.explain.gradients import (
     PREDICTED,
     class_score_gradients,
     region_score_gradients,
@@ -70,7 +70,7 @@ _INPUT_LAYER = "saliency_input"
 
 @dataclass
 class SaliencyResult(CamResult):
-    """Maps of one batch (the fields of :class:`~medlens.pipelines.gradcam.CamResult`), plus per-image extras."""
+    """Maps of one batch (the fields of :class:`~medlens.pipelines.explain.gradcam.CamResult`), plus per-image extras."""
 
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 

@@ -20,10 +20,10 @@ three reasons:
   slow and over-segments smooth medical images); grey images are segmented on
   their single channel.
 * **Hiding that hides**: a hidden superpixel shows a blurred copy of the image by default,
-  not its mean colour (see :class:`~medlens.pipelines.superpixels.SuperpixelExplainer`).
+  not its mean colour (see :class:`~medlens.pipelines.explain.superpixels.SuperpixelExplainer`).
 
 The segmentation, hiding and batched prediction are shared with Kernel SHAP
-(:mod:`medlens.pipelines.superpixels`); LIME draws each superpixel kept with probability 1/2
+(:mod:`medlens.pipelines.explain.superpixels`); LIME draws each superpixel kept with probability 1/2
 and fits a ridge regression weighted by an exponential kernel on the cosine distance to the
 original image.
 
@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from medlens.pipelines.faithfulness import PredictFn
-from medlens.pipelines.superpixels import (
+from medlens.pipelines.explain.faithfulness import PredictFn
+from medlens.pipelines.explain.superpixels import (
     HIDE_COLORS,
     SEGMENTATIONS,
     SuperpixelExplainer,
@@ -82,7 +82,7 @@ class LimeExplainer(SuperpixelExplainer):
             caller wraps the model's preprocessing and prediction.
         kernel_width: Width of the exponential kernel on cosine distance (``lime``'s 0.25).
         **settings: The shared settings of
-            :class:`~medlens.pipelines.superpixels.SuperpixelExplainer` (``segmentation``,
+            :class:`~medlens.pipelines.explain.superpixels.SuperpixelExplainer` (``segmentation``,
             ``n_segments``, ``compactness``, ``num_samples`` — the original included, as in
             ``lime`` —, ``batch_size``, ``hide_color``, ``seed``, ``segmentation_kwargs``).
 

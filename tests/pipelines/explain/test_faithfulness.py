@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.pipelines.faithfulness import (
+from medlens.pipelines.explain.faithfulness import (
     curve_auc,
     deletion_auc,
     deletion_curve,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from medlens.models.classifier import build_classifier
-from medlens.pipelines.guided import GuidedBackprop, guided_stand_in
-from medlens.pipelines.saliency import (
+from medlens.pipelines.explain.guided import GuidedBackprop, guided_stand_in
+from medlens.pipelines.explain.saliency import (
     IntegratedGradients,
     Occlusion,
     SmoothGrad,
@@ -114,13 +114,13 @@ def test_occlusion_finds_the_spot_and_matches_a_direct_computation():
 
 JAX_CHILD = """
 import sys, numpy as np, keras
-from medlens.pipelines.saliency import IntegratedGradients, VanillaGradient
+from medlens.pipelines.explain.saliency import IntegratedGradients, VanillaGradient
 inputs = keras.Input((6, 6, 2))
 outputs = keras.layers.Dense(3, activation="softmax", name="probabilities")(keras.layers.Flatten()(inputs))
 model = keras.Model(inputs, outputs)
 model.load_weights(sys.argv[1] + "/linear.weights.h5")
 images = np.load(sys.argv[1] + "/images.npy")
-from medlens.pipelines.guided import GuidedBackprop
+from medlens.pipelines.explain.guided import GuidedBackprop
 relu = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
                          keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dense(5, activation="relu"),
                          keras.layers.Dense(2, activation="softmax")])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medlens.pipelines.overlay import (
+from medlens.pipelines.explain.overlay import (
     colorize,
     heatmap_overlay,
     save_npy,

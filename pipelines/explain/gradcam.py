@@ -14,7 +14,7 @@ gradients). :func:`build_gradient_model` instead re-runs the outer graph on a
 new input, *inlining* every nested model on the way to the target layer (same
 layer objects, so same weights), and exposes the target activations as an
 output. The target activations get a zero ``delta`` input added, and gradients
-are taken with respect to that input (:mod:`medlens.pipelines.gradients`), which
+are taken with respect to that input (:mod:`medlens.pipelines.explain.gradients`), which
 works on TensorFlow, JAX and PyTorch and needs no trainable variables.
 
 Automatic target layer: the last layer with a 4-D output that is not a pooling,
@@ -67,8 +67,8 @@ import keras
 import numpy as np
 
 from medlens.pipelines.evaluation.probabilities import to_probabilities
-from medlens.pipelines.gradients import PREDICTED, class_score_gradients
-from medlens.pipelines.target_layer import build_gradient_model, find_target_layer
+from medlens.pipelines.explain.gradients import PREDICTED, class_score_gradients
+from medlens.pipelines.explain.target_layer import build_gradient_model, find_target_layer
 
 __all__ = ["CamResult", "GradCAM", "build_gradient_model", "find_target_layer"]
 

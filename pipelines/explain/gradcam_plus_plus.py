@@ -1,6 +1,6 @@
 """Grad-CAM's variants: Grad-CAM++, HiRes-CAM and Layer-CAM, on Grad-CAM's one gradient step.
 
-Same interface and machinery as :class:`medlens.pipelines.gradcam.GradCAM`; only the way the
+Same interface and machinery as :class:`medlens.pipelines.explain.gradcam.GradCAM`; only the way the
 activations ``A`` and the gradients ``g = dS/dA`` of the class score become a map differs:
 
 * **HiRes-CAM** (Draelos & Carin 2020): ``Σ_k A_k ⊙ g_k``, the element-wise product instead of
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medlens.pipelines.gradcam import CamResult, GradCAM
+from medlens.pipelines.explain.gradcam import CamResult, GradCAM
 
 __all__ = ["CamResult", "GradCAMPlusPlus", "HiResCAM", "LayerCAM"]
 

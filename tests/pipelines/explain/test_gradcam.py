@@ -18,9 +18,9 @@ import pytest
 from medlens.models.backbones import preprocess_function
 from medlens.models.classifier import build_classifier
 from medlens.pipelines.errors import ConfigError
-from medlens.pipelines.gradcam import CamResult, GradCAM, build_gradient_model, find_target_layer
-from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
-from medlens.pipelines.gradients import class_score_gradients
+from medlens.pipelines.explain.gradcam import CamResult, GradCAM, build_gradient_model, find_target_layer
+from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
+from medlens.pipelines.explain.gradients import class_score_gradients
 from medlens.pipelines.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[2]
@@ -301,7 +301,7 @@ JAX_CHILD = textwrap.dedent(
     import keras
     assert keras.backend.backend() == "jax", keras.backend.backend()
     from medlens.models.classifier import build_classifier
-    from medlens.pipelines.gradcam import GradCAM
+    from medlens.pipelines.explain.gradcam import GradCAM
 
     folder = sys.argv[1]
     spec = json.load(open(folder + "/spec.json"))

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medlens.pipelines.errors import ConfigError
+from medlens.pipelines.explain.methods import ALIASES, METHODS, SUPERPIXEL
 from medlens.pipelines.imaging import list_images
-from medlens.pipelines.methods import ALIASES, METHODS, SUPERPIXEL
 
 __all__ = ["parse_methods", "ExplainOptions", "column_names", "file_column_names", "load_masks"]
 
@@ -25,7 +25,7 @@ def parse_methods(methods: str | Sequence[str], choices: dict[str, str] = METHOD
     """``"gradcam,lime"`` (or a list) → validated, de-duplicated method names in the given order.
 
     ``choices``/``aliases``: the accepted names (default the classifier methods; ``segment``
-    passes :data:`~medlens.pipelines.methods.SEGMENTATION_METHODS`).
+    passes :data:`~medlens.pipelines.explain.methods.SEGMENTATION_METHODS`).
 
     Raises:
         ConfigError: An unknown method, or none at all.
@@ -51,7 +51,7 @@ class ExplainOptions:
     """What to explain and how.
 
     Attributes:
-        methods: Any of :data:`~medlens.pipelines.methods.METHODS`.
+        methods: Any of :data:`~medlens.pipelines.explain.methods.METHODS`.
         class_name: Explain this class for every image instead of the predicted one.
         target_layer: Grad-CAM layer (default: the backbone's last convolutional map).
         lime_samples: Perturbed images per LIME or Kernel SHAP explanation (the original included).
@@ -69,7 +69,7 @@ class ExplainOptions:
         masks: Stem (lower case) → mask file, for the pointing game and the share of the map's
             energy inside the mask (see :func:`load_masks`).
         road: Also score each map by ROAD (MoRF and LeRF means with noisy linear imputation,
-            :mod:`medlens.pipelines.robustness`; 18 forward passes and sparse solves per map).
+            :mod:`medlens.pipelines.explain.robustness`; 18 forward passes and sparse solves per map).
         findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
             or the comma-separated names given.
         ig_steps: Integrated Gradients: points of the path integral.

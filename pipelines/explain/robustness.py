@@ -18,7 +18,7 @@ input noise, ``max_δ ||Φ(x + δ) − Φ(x)|| / ||Φ(x)||`` over ``samples`` dr
 one to trust. :func:`max_sensitivity` calls a batched map method once for all noisy copies.
 
 Both take ``predict_fn`` (RGB ``0..255`` batch → ``(B, K)`` probabilities) or a map method, as
-:mod:`medlens.pipelines.faithfulness` does, so they need no Keras.
+:mod:`medlens.pipelines.explain.faithfulness` does, so they need no Keras.
 
 Example:
     >>> import numpy as np
@@ -38,7 +38,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
-from medlens.pipelines.faithfulness import PredictFn, as_rgb_image, class_probabilities, resize_map
+from medlens.pipelines.explain.faithfulness import PredictFn, as_rgb_image, class_probabilities, resize_map
 
 __all__ = ["ROAD_FRACTIONS", "max_sensitivity", "noisy_linear_impute", "road_curve", "road_scores"]
 

@@ -3,7 +3,7 @@
 Both methods split the image into superpixels, predict many copies of it with subsets of the
 superpixels hidden, and fit a linear surrogate from "which superpixels were kept" to the class
 probability; they differ only in which subsets they draw and how they fit (see
-:mod:`medlens.pipelines.lime` and :mod:`medlens.pipelines.kernel_shap`). This module holds what is
+:mod:`medlens.pipelines.explain.lime` and :mod:`medlens.pipelines.explain.kernel_shap`). This module holds what is
 common: :func:`segment_image`, the hiding (``hide_color``), the perturbed batches (built
 ``batch_size`` at a time with one vectorised ``np.where``, so the model's forward passes are the
 cost and memory stays bounded), and :class:`SuperpixelResult`.
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from skimage.segmentation import felzenszwalb, find_boundaries, quickshift, slic
 
-from medlens.pipelines.faithfulness import PredictFn, as_rgb_image, class_probabilities, make_baseline
+from medlens.pipelines.explain.faithfulness import PredictFn, as_rgb_image, class_probabilities, make_baseline
 
 __all__ = ["HIDE_COLORS", "SEGMENTATIONS", "SuperpixelExplainer", "SuperpixelResult", "region_centre",
            "segment_image"]

@@ -17,7 +17,7 @@ How it is computed here:
   unweighted), in **complementary pairs** (each ``z`` with ``1 − z``; Covert & Lee 2021: lower
   variance at the same cost). ``f(x)`` and ``f(∅)`` are always predicted and enter as the
   constraint, not as samples.
-* **Shared with LIME** (:mod:`medlens.pipelines.superpixels`): the same superpixels, the same
+* **Shared with LIME** (:mod:`medlens.pipelines.explain.superpixels`): the same superpixels, the same
   hiding (a blurred copy of the image by default: ``f(∅)`` is the blurred image) and the same
   batched prediction, ``batch_size`` perturbed images at a time, every draw from
   ``numpy.random.default_rng(seed)``: the same seed gives bit-identical values.
@@ -44,7 +44,7 @@ from math import comb
 
 import numpy as np
 
-from medlens.pipelines.superpixels import SuperpixelExplainer
+from medlens.pipelines.explain.superpixels import SuperpixelExplainer
 
 __all__ = ["KernelShapExplainer", "shapley_kernel"]
 
@@ -73,7 +73,7 @@ class KernelShapExplainer(SuperpixelExplainer):
         predict_fn: ``(B, H, W, 3) float32 RGB 0..255 -> (B, K)`` probabilities; the
             caller wraps the model's preprocessing and prediction.
         **settings: The settings shared with LIME (see
-            :class:`~medlens.pipelines.superpixels.SuperpixelExplainer`): ``segmentation``,
+            :class:`~medlens.pipelines.explain.superpixels.SuperpixelExplainer`): ``segmentation``,
             ``n_segments``, ``compactness``, ``num_samples`` (the image and the all-hidden
             image included), ``batch_size``, ``hide_color``, ``seed``, ``segmentation_kwargs``.
 

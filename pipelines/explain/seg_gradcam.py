@@ -11,7 +11,7 @@ The target layer defaults to the U-Net's bottleneck (``bottleneck_relu2`` for a 
 U-Net, the encoder's output for a VGG16/ResNet50 encoder), the layer Seg-Grad-CAM was
 introduced on; any 4-D layer can be named instead (``dec1_relu2`` gives finer maps).
 Scores are the pre-sigmoid/softmax logits of the 1×1 output convolution. The gradient
-step is the shared backend-specific one (:mod:`medlens.pipelines.gradients`).
+step is the shared backend-specific one (:mod:`medlens.pipelines.explain.gradients`).
 
 Example:
     >>> import numpy as np
@@ -32,8 +32,8 @@ import keras
 import numpy as np
 
 from medlens.pipelines.errors import ConfigError
-from medlens.pipelines.gradcam import GradCAM, _upsample_and_normalise
-from medlens.pipelines.gradients import region_score_gradients, region_targets
+from medlens.pipelines.explain.gradcam import GradCAM, _upsample_and_normalise
+from medlens.pipelines.explain.gradients import region_score_gradients, region_targets
 
 __all__ = ["SegCamResult", "SegGradCAM", "box_region"]
 

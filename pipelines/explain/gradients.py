@@ -1,12 +1,12 @@
 """Class-score gradients with respect to a layer's activations, per Keras backend.
 
 This is the only backend-specific module of the explanation code: everything
-else (:mod:`medlens.pipelines.gradcam`, :mod:`medlens.pipelines.gradcam_plus_plus`)
+else (:mod:`medlens.pipelines.explain.gradcam`, :mod:`medlens.pipelines.explain.gradcam_plus_plus`)
 works on the numpy arrays returned here. The backend library (TensorFlow, JAX or
 PyTorch) is imported lazily inside its branch.
 
 The *gradient model* contract (built by
-:func:`medlens.pipelines.gradcam.build_gradient_model`):
+:func:`medlens.pipelines.explain.gradcam.build_gradient_model`):
 
 * inputs ``[images, delta]``: ``images`` N×H×W×C model-ready pixels and
   ``delta`` a zero tensor of the target activations' shape N×h×w×c that the
@@ -33,7 +33,7 @@ Compiled steps are cached per gradient model (weakly, so they go with it):
 Example:
     >>> import numpy as np
     >>> from medlens.models.classifier import build_classifier
-    >>> from medlens.pipelines.gradcam import build_gradient_model
+    >>> from medlens.pipelines.explain.gradcam import build_gradient_model
     >>> model = build_classifier("small_cnn", 2, (32, 32, 3), weights="none")
     >>> grad_model = build_gradient_model(model, "block4_relu")
     >>> images = np.zeros((2, 32, 32, 3), np.float32)
@@ -225,7 +225,7 @@ def class_score_gradients(
 
     Args:
         grad_model: A gradient model (see the module docstring), e.g. from
-            :func:`medlens.pipelines.gradcam.build_gradient_model`.
+            :func:`medlens.pipelines.explain.gradcam.build_gradient_model`.
         images: N×H×W×C model-ready images.
         class_indices: N class indices, one per image; ``-1`` (:data:`PREDICTED`)
             for the predicted class.
@@ -244,7 +244,7 @@ def class_score_gradients(
 
     Example:
         >>> from medlens.models.classifier import build_classifier
-        >>> from medlens.pipelines.gradcam import build_gradient_model
+        >>> from medlens.pipelines.explain.gradcam import build_gradient_model
         >>> model = build_classifier("small_cnn", 3, (32, 32, 3), weights="none")
         >>> grad_model = build_gradient_model(model)
         >>> _, grads, output = class_score_gradients(grad_model, np.ones((1, 32, 32, 3)), [2])

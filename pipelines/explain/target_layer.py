@@ -185,7 +185,7 @@ def build_gradient_model(
     The outer graph is re-run on a new input; nested models on the way to the
     target layer are inlined (their layers are reused, so weights are shared and
     later training shows through). ``delta`` (zeros, the activations' shape) is
-    added to the target activations; see :mod:`medlens.pipelines.gradients`.
+    added to the target activations; see :mod:`medlens.pipelines.explain.gradients`.
 
     Args:
         model: A single-output classifier (output N×K softmax or N×1 sigmoid).
@@ -195,7 +195,7 @@ def build_gradient_model(
         inline_all: Also inline nested models after the target layer, so the scores are the
             output layer's logits even when the target lies outside them (input saliency).
         replace: Called with each layer on the way; a layer it returns is called instead
-            (sharing the original's weights: guided backprop's ReLUs, :mod:`medlens.pipelines.guided`).
+            (sharing the original's weights: guided backprop's ReLUs, :mod:`medlens.pipelines.explain.guided`).
 
     Returns:
         The gradient model; its first output layer name is ``target_layer``'s.

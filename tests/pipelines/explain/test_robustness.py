@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.pipelines.faithfulness import energy_pointing
-from medlens.pipelines.robustness import max_sensitivity, noisy_linear_impute, road_curve, road_scores
+from medlens.pipelines.explain.faithfulness import energy_pointing
+from medlens.pipelines.explain.robustness import max_sensitivity, noisy_linear_impute, road_curve, road_scores
 
 
 def test_imputation_solves_the_neighbour_mean_and_keeps_the_rest():

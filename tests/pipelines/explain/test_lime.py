@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.pipelines.lime import LimeExplainer, LimeResult, segment_image
+from medlens.pipelines.explain.lime import LimeExplainer, LimeResult, segment_image
 
 SIZE = 64
 ROWS, COLS = slice(20, 36), slice(36, 52)

@@ -9,7 +9,7 @@ model (``medlens sanity RUN --methods guided,…``). On the demo CNN it keeps a 
 correlation of 0.43 with its trained maps after every weight is re-drawn — below the 0.5 cut,
 so it passes there, but more than Grad-CAM's 0.08 (``benchmarks/results/explain.md``).
 
-How: the gradient model is the vanilla gradient's (:class:`~medlens.pipelines.saliency.VanillaGradient`)
+How: the gradient model is the vanilla gradient's (:class:`~medlens.pipelines.explain.saliency.VanillaGradient`)
 with every ReLU — a ``ReLU``/``Activation("relu")`` layer, or a ``Conv2D``/``Dense`` with
 ``activation="relu"`` (VGG16's convolutions) — replaced on the way by a stand-in that shares its
 weights and applies :func:`guided_relu`, whose gradient is defined with ``keras.ops.custom_gradient``
@@ -29,8 +29,8 @@ from typing import Any
 
 import keras
 
-from medlens.pipelines.gradcam import build_gradient_model
-from medlens.pipelines.saliency import _INPUT_LAYER, VanillaGradient
+from medlens.pipelines.explain.gradcam import build_gradient_model
+from medlens.pipelines.explain.saliency import _INPUT_LAYER, VanillaGradient
 
 __all__ = ["GuidedBackprop", "guided_relu", "guided_stand_in"]
 
@@ -93,7 +93,7 @@ class GuidedBackprop(VanillaGradient):
     """Guided backpropagation: ``|guided ∂ class score / ∂ input|``, maximum over channels.
 
     Arguments, call (classes, or ``regions`` of a segmentation output) and result as
-    :class:`~medlens.pipelines.saliency.VanillaGradient`.
+    :class:`~medlens.pipelines.explain.saliency.VanillaGradient`.
     """
 
     name = "guided"

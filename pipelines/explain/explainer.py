@@ -35,7 +35,14 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.explain_options import (
+from medlens.pipelines.explain.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
+from medlens.pipelines.explain.gradcam import GradCAM
+from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
+from medlens.pipelines.explain.guided import GuidedBackprop
+from medlens.pipelines.explain.kernel_shap import KernelShapExplainer
+from medlens.pipelines.explain.lime import LimeExplainer
+from medlens.pipelines.explain.methods import METHODS, SUPERPIXEL, TITLES
+from medlens.pipelines.explain.options import (
     ExplainOptions,
     _file_part,
     _key,
@@ -44,18 +51,11 @@ from medlens.pipelines.explain_options import (
     load_masks,
     parse_methods,
 )
-from medlens.pipelines.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
-from medlens.pipelines.gradcam import GradCAM
-from medlens.pipelines.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
-from medlens.pipelines.guided import GuidedBackprop
+from medlens.pipelines.explain.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
+from medlens.pipelines.explain.robustness import road_scores
+from medlens.pipelines.explain.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import content_digest, output_stem
-from medlens.pipelines.kernel_shap import KernelShapExplainer
-from medlens.pipelines.lime import LimeExplainer
-from medlens.pipelines.methods import METHODS, SUPERPIXEL, TITLES
-from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
-from medlens.pipelines.robustness import road_scores
-from medlens.pipelines.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 
 if TYPE_CHECKING:  # pragma: no cover
     from medlens.pipelines.predictors import Predictor

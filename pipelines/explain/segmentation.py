@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medlens.pipelines.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
-from medlens.pipelines.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
+from medlens.pipelines.explain.methods import SEGMENTATION_ALIASES, SEGMENTATION_METHODS, SUPERPIXEL
+from medlens.pipelines.explain.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
 from medlens.pipelines.seg_model import SegModel
 
 __all__ = ["MaskExplainer", "segmentation_methods"]
@@ -32,14 +32,14 @@ class MaskExplainer:
     """Maps of each predicted mask by every method asked, on a copy no larger than ``_EXPLAIN_SIDE``.
 
     One target for all: the predicted mask. Seg-Grad-CAM explains its summed logit at the
-    bottleneck; the input-saliency methods (:mod:`medlens.pipelines.saliency`) the same sum at
+    bottleneck; the input-saliency methods (:mod:`medlens.pipelines.explain.saliency`) the same sum at
     the pixels; LIME and Kernel SHAP the mask's mean foreground probability as superpixels
     are hidden (signed weights: for, against).
     """
 
     def __init__(self, model: SegModel, methods: Sequence[str], samples: int | None = None):
         from medlens.pipelines.explain import ExplainOptions, build_map_method
-        from medlens.pipelines.seg_gradcam import SegGradCAM
+        from medlens.pipelines.explain.seg_gradcam import SegGradCAM
 
         self.model = model
         self.methods: dict[str, Any] = {}
@@ -87,7 +87,7 @@ class MaskExplainer:
                         ) -> np.ndarray:
         """LIME / Kernel SHAP of the region's mean foreground probability (signed superpixel weights)."""
         from medlens.pipelines.explain import build_superpixel_method
-        from medlens.pipelines.saliency import as_probabilities
+        from medlens.pipelines.explain.saliency import as_probabilities
 
         area = max(float(region.sum()), 1.0)
 
@@ -104,7 +104,7 @@ class MaskExplainer:
 
     def write(self, out: Path, stem: str, pixels: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """Each method's overlay PNG (original size) and map ``.npy``; the row's explanation fields."""
-        from medlens.pipelines.faithfulness import energy_pointing, resize_map
+        from medlens.pipelines.explain.faithfulness import energy_pointing, resize_map
 
         fields: dict[str, Any] = {}
         for slug, (saliency, region) in self(pixels, mask).items():

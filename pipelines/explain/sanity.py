@@ -45,8 +45,8 @@ from medlens.models.classifier import BACKBONE_LAYER
 from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.evaluation.runs import CHECKS_FILE, write_checks_to_card
 from medlens.pipelines.explain import ExplainOptions, build_map_method, build_superpixel_method
+from medlens.pipelines.explain.methods import METHODS, SUPERPIXEL, TITLES
 from medlens.pipelines.imaging import read_image
-from medlens.pipelines.methods import METHODS, SUPERPIXEL, TITLES
 from medlens.pipelines.rundir import RunDir, atomic_write_json
 
 __all__ = ["CHECKS_FILE", "data_randomisation_check", "randomisation_check", "write_checks_to_card"]
@@ -165,7 +165,7 @@ def randomisation_check(run_dir: str | Path, images: Sequence[str | Path], metho
     Args:
         run_dir: A finished classifier run (single-label, multi-label or ordinal).
         images: Image files to explain (each for its reported target).
-        methods: Explanation methods (any of :data:`~medlens.pipelines.methods.METHODS`).
+        methods: Explanation methods (any of :data:`~medlens.pipelines.explain.methods.METHODS`).
         seed: Seed of the re-drawn weights.
         fail_at: Mean Spearman correlation after full randomisation at or above which a method fails.
         options: Method settings (IG steps, SmoothGrad samples, ...).

@@ -8,8 +8,8 @@ from math import factorial
 import numpy as np
 import pytest
 
-from medlens.pipelines.kernel_shap import KernelShapExplainer, shapley_kernel
-from medlens.pipelines.lime import LimeExplainer
+from medlens.pipelines.explain.kernel_shap import KernelShapExplainer, shapley_kernel
+from medlens.pipelines.explain.lime import LimeExplainer
 
 # Four quadrants of a 16×16 image: the players.
 QUADRANTS = np.zeros((16, 16), np.int64)

@@ -223,15 +223,11 @@ def lime_speed(size: int, samples: list[int], batch_sizes: list[int]) -> dict[st
 def faithfulness(runs: Path, images: int, samples: list[int], steps: int) -> dict[str, Any]:
     from explain_methods import demo_positives
 
-    from medlens.pipelines.explain.faithfulness import (
-        deletion_auc,
-        insertion_auc,
-        pointing_game,
-        random_saliency,
-    )
+    from medlens.pipelines.explain.faithfulness import deletion_auc, insertion_auc
     from medlens.pipelines.explain.gradcam import GradCAM
     from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus
     from medlens.pipelines.explain.lime import LimeExplainer, region_centre
+    from medlens.pipelines.explain.localisation import pointing_game, random_saliency
 
     setup = demo_positives(runs, images)
     predictor, predict_fn, target = setup["predictor"], setup["predict_fn"], setup["target"]

@@ -106,12 +106,8 @@ def vgg_positives(runs: Path, images: int, size: int = 128) -> dict[str, Any]:
 
 
 def _scores(setup: dict[str, Any], maps: list[np.ndarray], peaks: list[Any] | None, steps: int) -> dict[str, float]:
-    from medlens.pipelines.explain.faithfulness import (
-        deletion_auc,
-        energy_pointing,
-        insertion_auc,
-        pointing_game,
-    )
+    from medlens.pipelines.explain.faithfulness import deletion_auc, insertion_auc
+    from medlens.pipelines.explain.localisation import energy_pointing, pointing_game
     from medlens.pipelines.explain.robustness import road_scores
 
     predict_fn, target = setup["predict_fn"], setup["target"]
@@ -143,7 +139,7 @@ def method_rows(setup: dict[str, Any], samples: int, steps: int, stability_image
                 variants: tuple = SUPERPIXEL_VARIANTS, draws: int = 8) -> dict[str, Any]:
     """Maps, scores, cost and stability of every method (randomisation is added by :func:`randomisation`)."""
     from medlens.pipelines.explain import ExplainOptions, build_map_method
-    from medlens.pipelines.explain.faithfulness import random_saliency
+    from medlens.pipelines.explain.localisation import random_saliency
     from medlens.pipelines.explain.robustness import max_sensitivity
 
     predictor, batch, target = setup["predictor"], setup["batch"], setup["target"]

@@ -8,7 +8,7 @@
   ``superpixels.py``, ``lime.py``, ``kernel_shap.py``, ``seg_gradcam.py`` (Seg-Grad-CAM);
 - the explainers: ``explainer.py`` (:class:`Explainer`, a classifier's predictions) and
   ``segmentation.py`` (a predicted mask); ``overlay.py`` draws the maps onto the image;
-- the checks: ``faithfulness.py`` (deletion/insertion, pointing game), ``robustness.py`` (ROAD,
+- the checks: ``faithfulness.py`` (deletion/insertion), ``localisation.py`` (pointing game), ``robustness.py`` (ROAD,
   max-sensitivity), ``sanity.py`` (cascading randomisation).
 
 The names that ``medlens.pipelines.explain`` exported as one module (``ExplainOptions``,

@@ -35,12 +35,13 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from medlens.pipelines.errors import ConfigError, MedlensError
-from medlens.pipelines.explain.faithfulness import deletion_auc, energy_pointing, insertion_auc, resize_map
+from medlens.pipelines.explain.faithfulness import deletion_auc, insertion_auc, resize_map
 from medlens.pipelines.explain.gradcam import GradCAM
 from medlens.pipelines.explain.gradcam_plus_plus import GradCAMPlusPlus, HiResCAM, LayerCAM
 from medlens.pipelines.explain.guided import GuidedBackprop
 from medlens.pipelines.explain.kernel_shap import KernelShapExplainer
 from medlens.pipelines.explain.lime import LimeExplainer
+from medlens.pipelines.explain.localisation import energy_pointing
 from medlens.pipelines.explain.methods import METHODS, SUPERPIXEL, TITLES
 from medlens.pipelines.explain.options import (
     ExplainOptions,

@@ -104,7 +104,8 @@ class MaskExplainer:
 
     def write(self, out: Path, stem: str, pixels: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         """Each method's overlay PNG (original size) and map ``.npy``; the row's explanation fields."""
-        from medlens.pipelines.explain.faithfulness import energy_pointing, resize_map
+        from medlens.pipelines.explain.faithfulness import resize_map
+        from medlens.pipelines.explain.localisation import energy_pointing
 
         fields: dict[str, Any] = {}
         for slug, (saliency, region) in self(pixels, mask).items():

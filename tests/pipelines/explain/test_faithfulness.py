@@ -1,4 +1,4 @@
-"""Deletion/insertion AUC rank a true saliency map above random and inverted ones; pointing game."""
+"""Deletion/insertion AUC rank a true saliency map above random and inverted ones."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from medlens.pipelines.explain.faithfulness import (
     insertion_auc,
     insertion_curve,
     make_baseline,
-    pointing_game,
-    pointing_game_rate,
-    random_saliency,
     summarize,
 )
+from medlens.pipelines.explain.localisation import random_saliency
 
 SIZE = 48
 ROWS, COLS = slice(10, 22), slice(26, 38)
@@ -130,41 +128,6 @@ def test_curve_auc():
     assert curve_auc(np.ones(11)) == pytest.approx(1.0)
     assert curve_auc(np.zeros(5)) == 0.0
     assert curve_auc(np.linspace(1.0, 0.0, 51)) == pytest.approx(0.5)
-
-
-def test_pointing_game_hits_misses_and_tolerance():
-    mask = np.zeros((20, 20), np.uint8)
-    mask[5:10, 5:10] = 255
-    saliency = np.zeros((20, 20))
-    saliency[7, 7] = 1.0
-    assert pointing_game(saliency, mask)
-    saliency = np.zeros((20, 20))
-    saliency[12, 7] = 1.0  # three pixels below the mask's last row
-    assert not pointing_game(saliency, mask)
-    assert not pointing_game(saliency, mask, tolerance_px=2)
-    assert pointing_game(saliency, mask, tolerance_px=3)
-    # A map at another resolution is resized to the mask.
-    coarse = np.zeros((4, 4))
-    coarse[1, 1] = 1.0
-    assert pointing_game(coarse, mask)
-    # A flat map does not win by a tie: the first pixel counts.
-    assert not pointing_game(np.ones((20, 20)), mask)
-    with pytest.raises(ValueError):
-        pointing_game(saliency, np.zeros((20, 20)))
-
-
-def test_pointing_game_rate_and_random_saliency():
-    mask = np.zeros((16, 16), bool)
-    mask[:8] = True
-    hit, miss = np.zeros((16, 16)), np.zeros((16, 16))
-    hit[2, 2], miss[14, 2] = 1.0, 1.0
-    assert pointing_game_rate([hit, miss, hit, hit], [mask] * 4) == 0.75
-    with pytest.raises(ValueError):
-        pointing_game_rate([hit], [mask, mask])
-    first = random_saliency((16, 16), seed=3)
-    assert np.array_equal(first, random_saliency((16, 16), seed=3))
-    assert not np.array_equal(first, random_saliency((16, 16), seed=4))
-    assert first.min() >= 0.0 and first.max() < 1.0
 
 
 def test_summarize():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.pipelines.explain.faithfulness import energy_pointing
+from medlens.pipelines.explain.localisation import energy_pointing
 from medlens.pipelines.explain.robustness import max_sensitivity, noisy_linear_impute, road_curve, road_scores
 
 

@@ -53,8 +53,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                shard=shard, expanded=expanded, probability_volumes=args.probability_volumes,
                                deidentifier=deidentifier, match_scale=args.match_scale,
                                explain_samples=args.samples)
-    print(f"{len(result.rows)} image(s) segmented → {result.csv_path}"
-          + (f" ({result.skipped} file(s) unchanged since the last run, kept)" if result.skipped else ""))
+    print(f"{len(result.rows)} image(s) segmented → {result.table}"
+          + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if result.volumes:
         print(f"{len(result.volumes)} volume(s) → {result.out_dir / 'volumes.csv'} (NIfTI masks; DICOM SEG for DICOM)")
     _write_mapping(args, deidentifier, out)
@@ -129,7 +129,7 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=bar.update, predictor=predictor,
                                explain=explain, resume=args.resume, shard=shard, expanded=expanded)
-    print(f"{len(result.rows)} prediction(s) → {result.predictions_csv}"
+    print(f"{len(result.rows)} prediction(s) → {result.table}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if result.volumes:
         print(f"{len(result.volumes)} volume(s), one result each (from the deciding slice) → "

@@ -135,7 +135,7 @@ def run_demo(
     with open(unseen_manifest, newline="") as handle:
         truth = {str((phantoms / "unseen" / row["path"]).resolve()): row["class_name"] for row in csv.DictReader(handle)}
     correct = sum(truth.get(str(Path(r["path"]).resolve())) == r["label"] for r in predicted.rows)
-    echo(f"4/5 predicted {len(predicted.rows)} unseen phantoms: {correct} correct → {predicted.predictions_csv}")
+    echo(f"4/5 predicted {len(predicted.rows)} unseen phantoms: {correct} correct → {predicted.table}")
     hits = [r["gradcam_pointing"] for r in predicted.rows
             if r["gradcam_pointing"] != "" and truth.get(str(Path(r["path"]).resolve())) == r["label"]]
     if hits:
@@ -148,16 +148,16 @@ def run_demo(
     segmented = segment_paths(seg.run_dir, unseen, out / "segmentations", overwrite=overwrite, explain=True)
     dice = _unseen_dice(segmented, phantoms / "unseen")
     echo(f"    test split Dice {seg.metrics['dice']:.3f}; {len(segmented.rows)} unseen phantoms segmented, "
-         f"Dice {dice:.3f} against their true masks → {segmented.csv_path}")
+         f"Dice {dice:.3f} against their true masks → {segmented.table}")
     echo("")
     echo(f"run directory:  {result.run_dir}  (model.keras, metrics.json, plots/, model_card.md)")
     echo(f"segmentation:   {seg.run_dir}  (U-Net run) and {segmented.out_dir}  (masks/, overlays/, explanations/)")
     echo(f"phantoms:       {phantoms}  (PNG images, masks/, manifest.csv)")
-    echo(f"predictions:    {predicted.predictions_csv}")
+    echo(f"predictions:    {predicted.table}")
     return {
         "run_dir": result.run_dir,
         "phantoms": phantoms,
-        "predictions": predicted.predictions_csv,
+        "predictions": predicted.table,
         "metrics": test,
         "unseen_correct": correct,
         "unseen_total": len(predicted.rows),
@@ -166,7 +166,7 @@ def run_demo(
         "seg_run_dir": seg.run_dir,
         "seg_test_dice": seg.metrics["dice"],
         "unseen_dice": dice,
-        "segmentation_csv": segmented.csv_path,
+        "segmentation_csv": segmented.table,
     }
 
 

@@ -123,7 +123,7 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
 
     Args:
         out_dir: The prediction output folder (overlay paths in ``rows`` are relative to it).
-        rows: ``predictions.csv`` rows (``PredictResult.rows``); input paths as given, relative
+        rows: ``predictions.csv`` rows (``BatchResult.rows`` of ``predict_paths``); input paths as given, relative
             to the current folder.
         methods: Explanation methods whose overlays to export.
         targets: Per row, the targets its overlays are named by (a multi-label run's

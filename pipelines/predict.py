@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ import numpy as np
 from medlens.pipelines.explain import Explainer, ExplainOptions
 from medlens.pipelines.explain.methods import SUPERPIXEL
 from medlens.pipelines.imaging import ImageRecord, sniff_format
-from medlens.pipelines.inference import OutputLayout, read_layout
+from medlens.pipelines.inference import OutputLayout
+from medlens.pipelines.inference.batch import BatchResult, earlier_rows, finish_batch, reusable
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.predictors import MultiLabelPredictor, Predictor, load_predictor
 from medlens.pipelines.rundir import (
@@ -31,25 +30,12 @@ from medlens.pipelines.rundir import (
     file_sha256,
     prepare_output_dir,
 )
-from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
+from medlens.pipelines.shards import select_shard, shard_folder
 
-__all__ = ["PredictResult", "predict_paths", "layout", "volume_rows"]
+__all__ = ["predict_paths", "layout", "volume_rows"]
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class PredictResult:
-    """What a prediction batch produced."""
-
-    out_dir: Path
-    predictions_csv: Path
-    errors_csv: Path
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    kept: int = 0
-    volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def predict_paths(
@@ -67,7 +53,7 @@ def predict_paths(
     flush_every: int = 20,
     shard: tuple[int, int] | None = None,
     expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
-) -> PredictResult:
+) -> BatchResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
     ``predictions.csv`` columns: ``path, frame, sha256, label, p_<class>…, threshold``.
@@ -155,9 +141,9 @@ def predict_paths(
             digests[str(path)] = file_sha256(path) if path.is_file() else ""
         except OSError:
             digests[str(path)] = ""
-        earlier = previous.get(os.path.realpath(path), [])
-        if earlier and digests[str(path)] and all(r.get("sha256") == digests[str(path)] for r in earlier):
-            rows.extend({**row, "path": str(path)} for row in earlier)  # named as in this run
+        earlier = reusable(previous, {str(path): digests[str(path)]})
+        if earlier is not None:
+            rows.extend(earlier)
             kept += 1
             if progress:
                 progress(1)
@@ -176,14 +162,9 @@ def predict_paths(
     volumes = volume_rows(predictor, rows, files)
     atomic_write_csv(out / written.volume_table, written.volume_columns,
                      ([v.get(c, "") for c in written.volume_columns] for v in volumes))
-    if shard is not None:
-        write_shard_manifest(out, shard, files, positions, len(everything), "predict")
-    errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
-    if errors:
-        log.warning("%d input(s) could not be read; see %s", len(errors), errors_csv)
-    if kept:
-        log.info("%d file(s) unchanged since the last run into %s: kept", kept, out)
-    return PredictResult(out, predictions_csv, errors_csv, rows, errors, kept, volumes)
+    errors_csv = finish_batch(out, "predict", errors, shard=shard, cases=files, positions=positions,
+                              total=len(everything), kept=kept)
+    return BatchResult(out, predictions_csv, errors_csv, rows, errors, kept, volumes)
 
 
 def volume_rows(predictor: Predictor, rows: list[dict[str, Any]], files: list[Path]) -> list[dict[str, Any]]:
@@ -235,14 +216,7 @@ def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLay
     methods = sorted((earlier.get("explain") or {}).get("methods") or [])
     if methods != sorted(explain.methods if explain else []):
         return {}
-    base = earlier.get("inputs_relative_to") or "."
-    recorded = read_layout(out, ["predictions.json"]) or current
-    kept: dict[str, list[dict[str, Any]]] = {}
-    for row in earlier.get("rows", []):
-        if recorded.outputs_present(row, out):
-            path = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
-            kept.setdefault(os.path.realpath(path), []).append(row)
-    return kept
+    return earlier_rows(out, current, earlier.get("rows", []))
 
 
 def layout(header: list[str], file_columns: list[str], result_columns: list[str]) -> OutputLayout:

@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +47,14 @@ from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.explain.overlay import mask_overlay, save_png
 from medlens.pipelines.explain.segmentation import MaskExplainer, segmentation_methods
 from medlens.pipelines.imaging import ImageRecord, read_image
-from medlens.pipelines.inference import OutputLayout, output_stem, read_layout, volume_stem
+from medlens.pipelines.inference import OutputLayout, output_stem, volume_stem
+from medlens.pipelines.inference.batch import BatchResult, earlier_rows, finish_batch, reusable
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
 from medlens.pipelines.seg_model import SegModel
-from medlens.pipelines.shards import select_shard, shard_folder, write_shard_manifest
+from medlens.pipelines.shards import select_shard, shard_folder
 from medlens.pipelines.volumes import (
     Series,
     Volume,
@@ -67,7 +66,7 @@ from medlens.pipelines.volumes import (
 )
 from medlens.pipelines.volumes import volume_digest as volume_digest_of
 
-__all__ = ["SegmentResult", "segment_paths", "segmentation_methods", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
+__all__ = ["segment_paths", "segmentation_methods", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -78,41 +77,11 @@ VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "ma
 VOLUME_FILE_COLUMNS = ["mask_volume", "seg", "probability_volume"]
 
 
-@dataclass
-class SegmentResult:
-    """What a segmentation batch produced."""
-
-    out_dir: Path
-    csv_path: Path
-    errors_csv: Path
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    skipped: int = 0
-    volumes: list[dict[str, Any]] = field(default_factory=list)
-
-
 def layout(columns: Sequence[str], explanation_files: Sequence[str] = ()) -> OutputLayout:
     """``segment``'s output layout: a ``segmentation.csv`` with ``columns``, the explainer's file columns."""
     return OutputLayout("segment", "segmentation.csv", "segmentation.json", list(columns),
                         ["mask", "probability", "overlay", *explanation_files],
                         volume_columns=list(VOLUME_COLUMNS), volume_file_columns=list(VOLUME_FILE_COLUMNS))
-
-
-def _previous_rows(out: Path, current: OutputLayout) -> dict[str, list[dict[str, str]]]:
-    """Rows of an earlier ``segmentation.csv`` whose outputs all still exist, by input path.
-
-    The earlier folder's recorded layout says which columns name files; a folder written
-    before layouts were recorded is read with this run's layout."""
-    table = out / "segmentation.csv"
-    if not table.is_file():
-        return {}
-    earlier = read_layout(out, ["segmentation.json"]) or current
-    kept: dict[str, list[dict[str, str]]] = {}
-    with open(table, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if earlier.outputs_present(row, out):
-                kept.setdefault(os.path.realpath(row["path"]), []).append(row)
-    return kept
 
 
 def _previous_volumes(out: Path, current: OutputLayout) -> dict[str, dict[str, str]]:
@@ -182,7 +151,7 @@ def segment_paths(
     deidentifier: Any = None,
     match_scale: bool = False,
     explain_samples: int | None = None,
-) -> SegmentResult:
+) -> BatchResult:
     """Segment every image under ``inputs`` and write masks, probabilities, overlays and CSVs.
 
     Args:
@@ -231,7 +200,7 @@ def segment_paths(
     file_columns = explainer.file_columns() if explainer else []
     columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
     written = layout(columns, file_columns)
-    previous = _previous_rows(out, written) if resume else {}
+    previous = earlier_rows(out, written) if resume else {}
     previous_volumes = _previous_volumes(out, written) if resume else {}
     everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
     cases, series_errors = group_series(everything)
@@ -240,7 +209,7 @@ def segment_paths(
     scale = model.input_scale if match_scale else None
     rows: list[dict[str, Any]] = []
     volume_rows: list[dict[str, Any]] = []
-    skipped = 0
+    kept = 0
 
     def flush(complete: bool = False) -> Path:
         atomic_write_csv(out / "volumes.csv", VOLUME_COLUMNS,
@@ -249,7 +218,7 @@ def segment_paths(
         # Written with every flush, so an interrupted batch's tables always sit beside their layout.
         atomic_write_json(out / "segmentation.json", {
             "run": str(model.run.root.resolve()), "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
-            "images": len(rows), "volumes": len(volume_rows), "errors": len(errors), "kept": skipped,
+            "images": len(rows), "volumes": len(volume_rows), "errors": len(errors), "kept": kept,
             "complete": complete, "layout": written.to_json()})
         return table
 
@@ -267,17 +236,15 @@ def segment_paths(
                 progress(len(files))
             continue
         digest = digests[0] if len(files) == 1 else volume_digest_of(digests)
-        earlier = [r for path in files for r in previous.get(os.path.realpath(path), [])]
-        by_file = {os.path.realpath(p): d for p, d in zip(files, digests, strict=True)}
+        earlier = reusable(previous, {str(p): d for p, d in zip(files, digests, strict=True)})
         earlier_volume = previous_volumes.get(name)
-        needs_volume = isinstance(case, Series) or len(earlier) > 1
-        if earlier and all(r.get("sha256") == by_file.get(os.path.realpath(r["path"])) for r in earlier) and (
-                all(r.get(c) for r in earlier for c in file_columns)) and (
+        needs_volume = isinstance(case, Series) or len(earlier or []) > 1
+        if earlier is not None and all(r.get(c) for r in earlier for c in file_columns) and (
                 not needs_volume or (earlier_volume is not None and earlier_volume.get("sha256") == digest)):
             rows.extend(earlier)
             if needs_volume:
                 volume_rows.append(earlier_volume)
-            skipped += 1
+            kept += 1
             if progress:
                 progress(len(files))
             continue
@@ -319,12 +286,9 @@ def segment_paths(
         if count % flush_every == 0:
             flush()
     csv_path = flush(complete=True)
-    errors_csv = atomic_write_csv(out / "errors.csv", ["path", "error"], errors)
-    if shard is not None:
-        write_shard_manifest(out, shard, chosen, positions, len(cases), "segment")
-    if errors:
-        log.warning("%d input(s) could not be segmented; see %s", len(errors), errors_csv)
-    return SegmentResult(out, csv_path, errors_csv, rows, errors, skipped, volume_rows)
+    errors_csv = finish_batch(out, "segment", errors, shard=shard, cases=chosen, positions=positions,
+                              total=len(cases), kept=kept)
+    return BatchResult(out, csv_path, errors_csv, rows, errors, kept, volume_rows)
 
 
 def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, threshold: float,

@@ -128,12 +128,12 @@ def test_resume_keeps_a_finished_volume_and_a_changed_slice_redoes_it(tiny_seg_r
     files = write_series(tmp_path / "series", images[:4], shuffle=False)
     first = segment_paths(tiny_seg_run, [tmp_path / "series"], tmp_path / "out", model=bright)
     again = segment_paths(tiny_seg_run, [tmp_path / "series"], tmp_path / "out", model=bright, resume=True)
-    assert again.skipped == 1 and again.volumes == [{k: str(v) for k, v in first.volumes[0].items()}]
+    assert again.kept == 1 and again.volumes == [{k: str(v) for k, v in first.volumes[0].items()}]
     ds = pydicom.dcmread(files[2])
     ds.PixelData = (ds.pixel_array // 2).tobytes()
     ds.save_as(files[2])
     changed = segment_paths(tiny_seg_run, [tmp_path / "series"], tmp_path / "out", model=bright, resume=True)
-    assert changed.skipped == 0 and changed.volumes[0]["sha256"] != first.volumes[0]["sha256"]
+    assert changed.kept == 0 and changed.volumes[0]["sha256"] != first.volumes[0]["sha256"]
 
 
 def test_a_broken_series_is_named_and_other_inputs_are_kept(tiny_seg_run, bright, lgg, tmp_path, phantom_dir):

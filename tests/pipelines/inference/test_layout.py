@@ -86,7 +86,7 @@ def test_segment_records_its_layout_with_every_flush_so_an_interrupted_batch_res
     assert layout.volume_file_columns == ["mask_volume", "seg", "probability_volume"]
 
     result = segment_paths(tiny_seg_run, inputs, out, resume=True)
-    assert result.skipped == 1 and len(result.rows) == 12
+    assert result.kept == 1 and len(result.rows) == 12
     assert json.loads((out / "segmentation.json").read_text())["complete"] is True
     for row in result.rows:
         frame = int(row["frame"]) if row["frame"] != "" else None

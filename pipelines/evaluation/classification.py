@@ -50,11 +50,6 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = names.THRESHOLD_METHODS
 
-# Tolerance on "rows of a softmax output sum to 1" (float32 outputs drift by ~1e-6).
-# Upper bound on the bootstrap count matrix (resamples x N) held in memory at once.
-_BOOTSTRAP_CELLS_PER_CHUNK = 4_000_000
-_PLOT_DPI = 120
-
 
 # --------------------------------------------------------------------------- threshold
 

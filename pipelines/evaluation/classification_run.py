@@ -29,7 +29,7 @@ from medlens.pipelines.evaluation.calibration import (
 from medlens.pipelines.evaluation.classification import choose_threshold, classification_metrics
 from medlens.pipelines.evaluation.plots import plot_confusion, plot_history, plot_roc
 from medlens.pipelines.evaluation.probabilities import to_probabilities
-from medlens.pipelines.evaluation.runs import card_opening
+from medlens.pipelines.evaluation.runs import backbone_line, card_opening
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
@@ -159,8 +159,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         *card_opening(cfg, run),
         "## Model",
         f"- Task: {state.get('task')} into {', '.join(state.get('class_names', []))}",
-        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
-        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB",
+        backbone_line(state),
         f"- Training: phase 1 {_phase(cfg['train']['phase1'])}; phase 2 {_phase(cfg['train']['phase2'])}; "
         f"{state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}",
         f"- Keras {state.get('keras_version')} on {state.get('keras_backend')}; seed {cfg.get('seed')}; "

@@ -17,7 +17,7 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
-from medlens.pipelines.evaluation.runs import card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.evaluation.runs import backbone_line, card_opening, finish_card, fmt, run_parts
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_multilabel_run", "predict_findings", "write_multilabel_card"]
@@ -77,8 +77,7 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         *card_opening(cfg, run),
         "## Model",
         f"- Task: multi-label findings ({len(state.get('findings', []))}): {', '.join(state.get('findings', []))}",
-        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
-        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB; one sigmoid per finding",
+        backbone_line(state, "one sigmoid per finding"),
         "- Loss: binary cross-entropy per finding, missing labels left out"
         + (", positives weighted by n_negative / n_positive" if state.get("positive_weights") else ""),
         f"- {state.get('epochs_run')} epochs run, best epoch {state.get('best_epoch')}; Keras "

@@ -18,7 +18,7 @@ from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.classification import choose_threshold
 from medlens.pipelines.evaluation.ordinal import ordinal_metrics
-from medlens.pipelines.evaluation.runs import card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.evaluation.runs import backbone_line, card_opening, finish_card, fmt, run_parts
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_ordinal_run", "predict_cumulative", "write_ordinal_card"]
@@ -77,9 +77,8 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
         "## Model",
         f"- Task: ordinal grades {' < '.join(state.get('class_names', []))}; cumulative head P(grade ≥ k), "
         "rank-consistent (shared weights, ordered thresholds), predicted grade = thresholds passed at 0.5",
-        f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input "
-        f"{'×'.join(str(v) for v in state.get('image_size', []))} RGB; {state.get('epochs_run')} epochs, best epoch "
-        f"{state.get('best_epoch')}; Keras {state.get('keras_version')} on {state.get('keras_backend')}",
+        backbone_line(state, f"{state.get('epochs_run')} epochs, best epoch {state.get('best_epoch')}; Keras "
+                             f"{state.get('keras_version')} on {state.get('keras_backend')}"),
         "",
         "## Data",
         f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}",

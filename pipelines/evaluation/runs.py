@@ -10,7 +10,7 @@ from typing import Any
 from medlens.pipelines.config import load_config
 from medlens.pipelines.rundir import RunDir, atomic_write_text
 
-__all__ = ["CHECKS_FILE", "card_opening", "finish_card", "fmt", "run_parts", "write_checks_to_card"]
+__all__ = ["backbone_line", "CHECKS_FILE", "card_opening", "finish_card", "fmt", "run_parts", "write_checks_to_card"]
 
 #: The randomisation check's results in a run directory (see :mod:`medlens.pipelines.explain.sanity`).
 CHECKS_FILE = "explanation_checks.json"
@@ -44,6 +44,13 @@ def card_opening(cfg: dict[str, Any], run: RunDir) -> list[str]:
         lines += ["**Trained on shuffled labels** (`data.shuffle_labels`): a data-randomisation model for the "
                   "explanation sanity check. It has learned nothing about the images; never use it to predict.", ""]
     return lines
+
+
+def backbone_line(state: dict[str, Any], note: str = "") -> str:
+    """The model card's backbone line: backbone, its initial weights, the input size (and ``note``)."""
+    size = "×".join(str(v) for v in state.get("image_size", []))
+    return (f"- Backbone: {state.get('backbone')} (initial weights: {state.get('weights')}), input {size} RGB"
+            + (f"; {note}" if note else ""))
 
 
 _CARD_HEADING = "## Explanation checks"

@@ -38,6 +38,15 @@ logger = logging.getLogger(__name__)
 _NPZ_SPLITS = ("train", "val", "test")
 
 
+def _image_format(path: Path, axis: int, what: str) -> str:
+    """The file's format, once the axis is valid and the file is not a dataset archive."""
+    _check_axis(axis)
+    fmt = sniff_format(path)
+    if fmt == "npz":
+        raise ImageReadError(path, f"is a .npz dataset archive, not {what}; use read_npz()")
+    return fmt
+
+
 def read_image(
     path: str | os.PathLike[str],
     *,
@@ -92,10 +101,7 @@ def read_image(
     path = Path(path)
     if frame is not None and frame < 0:
         raise ImageReadError(path, f"frame {frame} out of range: frames are numbered from 0")
-    _check_axis(axis)
-    fmt = sniff_format(path)
-    if fmt == "npz":
-        raise ImageReadError(path, "is a .npz dataset archive, not a single image; use read_npz()")
+    fmt = _image_format(path, axis, "a single image")
     with _wrap_errors(path, fmt):
         if fmt == "dicom":
             record = _read_dicom(path, frame, all_frames=False)[0]
@@ -123,10 +129,7 @@ def read_frames(path: str | os.PathLike[str], *, axis: int = 2) -> list[ImageRec
         ImageReadError: The file cannot be read as an image.
     """
     path = Path(path)
-    _check_axis(axis)
-    fmt = sniff_format(path)
-    if fmt == "npz":
-        raise ImageReadError(path, "is a .npz dataset archive, not an image; use read_npz()")
+    fmt = _image_format(path, axis, "an image")
     with _wrap_errors(path, fmt):
         if fmt == "dicom":
             return _read_dicom(path, None, all_frames=True)

@@ -75,6 +75,14 @@ def test_old_runs_evaluate_and_are_rewritten_in_the_current_schema(legacy, capsy
     new = json.loads((legacy["classification"] / "metrics.json").read_text())
     assert new["test"]["auc"] == pytest.approx(old["test"]["auc"], abs=1e-9)
     assert new["threshold"]["value"] == pytest.approx(old["threshold"]["value"], abs=1e-6)
+    # The rewritten model card describes the model as 0.1 did (task, backbone, weights, input size).
+    def model_lines(card: Path) -> list[str]:
+        return [line for line in card.read_text().splitlines() if line.startswith(("- Task:", "- Backbone:"))]
+
+    committed = model_lines(LEGACY / "classification" / "model_card.md")
+    assert committed == ["- Task: classification into no_lesion, lesion",
+                         "- Backbone: small_cnn (initial weights: none), input 32×32 RGB"]
+    assert model_lines(legacy["classification"] / "model_card.md") == committed
 
 
 def test_old_runs_predict_and_segment(legacy, tmp_path) -> None:

@@ -56,6 +56,14 @@ def backbone_line(state: dict[str, Any], note: str = "") -> str:
 _CARD_HEADING = "## Explanation checks"
 
 
+def _verdict_table(intro: str, columns: list[str], rows: list[tuple[dict[str, Any], list[float]]]) -> list[str]:
+    """A paragraph, then a markdown table: one row per method, its scores, its verdict in bold."""
+    lines = [intro, "", "| method | " + " | ".join(columns) + " | verdict |", "|---" * (len(columns) + 2) + "|"]
+    lines += [f"| {item['title']} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{item['verdict']}** |"
+              for item, values in rows]
+    return [*lines, ""]
+
+
 def write_checks_to_card(run_dir: str | Path, checks: dict[str, Any]) -> Path:
     """Add (or replace) the model card's section on the explanation sanity checks (either or both kinds)."""
     run = RunDir(run_dir)
@@ -63,24 +71,20 @@ def write_checks_to_card(run_dir: str | Path, checks: dict[str, Any]) -> Path:
     card = card.split(_CARD_HEADING)[0].rstrip() + "\n\n" if card else ""
     lines = [_CARD_HEADING, ""]
     if checks.get("methods"):
-        lines += [f"Cascading weight randomisation on {checks['images']} image(s): a method fails when its maps keep "
-                  f"a mean Spearman rank correlation ≥ {checks['fail_at']} with the trained model's after every weight "
-                  "is re-drawn (its maps would then not depend on what the model learned).", "",
-                  "| method | Spearman after the head | after full randomisation | verdict |", "|---|---|---|---|"]
-        for item in checks["methods"].values():
-            lines.append(f"| {item['title']} | {item['stages'][0]['spearman']:.3f} | {item['final_spearman']:.3f} | "
-                         f"**{item['verdict']}** |")
-        lines.append("")
+        lines += _verdict_table(
+            f"Cascading weight randomisation on {checks['images']} image(s): a method fails when its maps keep "
+            f"a mean Spearman rank correlation ≥ {checks['fail_at']} with the trained model's after every weight "
+            "is re-drawn (its maps would then not depend on what the model learned).",
+            ["Spearman after the head", "after full randomisation"],
+            [(item, [item["stages"][0]["spearman"], item["final_spearman"]]) for item in checks["methods"].values()])
     data = checks.get("data_randomisation")
     if data:
-        lines += [f"Data randomisation on {data['images']} image(s): the same recipe trained on shuffled labels "
-                  f"(`{data['model']}`); a method fails when its maps keep a mean Spearman ≥ {data['fail_at']} with "
-                  "the trained model's.", "",
-                  "| method | Spearman | SSIM | HOG | verdict |", "|---|---|---|---|---|"]
-        for item in data["methods"].values():
-            lines.append(f"| {item['title']} | {item['spearman']:.3f} | {item['ssim']:.3f} | {item['hog']:.3f} | "
-                         f"**{item['verdict']}** |")
-        lines.append("")
+        lines += _verdict_table(
+            f"Data randomisation on {data['images']} image(s): the same recipe trained on shuffled labels "
+            f"(`{data['model']}`); a method fails when its maps keep a mean Spearman ≥ {data['fail_at']} with "
+            "the trained model's.",
+            ["Spearman", "SSIM", "HOG"],
+            [(item, [item["spearman"], item["ssim"], item["hog"]]) for item in data["methods"].values()])
     return atomic_write_text(run.card_path, card + "\n".join(lines).rstrip() + "\n")
 
 

@@ -140,7 +140,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one run needs."""
+    """Everything one run needs: its name, task and seed, and one section each for data, model,
+    training and evaluation (a classifier's here; each task's config subclasses this one)."""
 
     name: str = "run"
     task: str = "classification"
@@ -333,18 +334,15 @@ def _seg_train_default() -> TrainConfig:
 
 
 @dataclass
-class SegRunConfig:
-    """Everything one segmentation run needs (``task: segmentation``)."""
+class SegRunConfig(RunConfig):
+    """Everything one segmentation run needs (``task: segmentation``): the run's keys, its own sections."""
 
     name: str = "segmentation"
     task: str = "segmentation"
-    seed: int = 42
     data: SegDataConfig = field(default_factory=SegDataConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     train: TrainConfig = field(default_factory=_seg_train_default)
     evaluate: SegEvalConfig = field(default_factory=SegEvalConfig)
-
-
 
 
 def config_to_dict(cfg: RunConfig | SegRunConfig) -> dict[str, Any]:

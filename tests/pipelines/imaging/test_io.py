@@ -137,7 +137,7 @@ def test_sniff_format_by_content_not_extension(tmp_path: Path) -> None:
         ("notes.png", b"hello, this is text\n", "not a supported image format"),
         ("blob.bin", b"\x00\x01\x02\x03" * 100, "not a supported image format"),
         ("fake.dcm", b"just text pretending to be DICOM" * 10, "not a supported image format"),
-        ("data.gz", gzip.compress(b"plain text"), "not a readable NIfTI"),
+        ("data.gz", gzip.compress(b"plain text", mtime=0), "not a readable NIfTI"),
         ("data.zip", b"PK\x03\x04" + b"\x00" * 40, "zip archive"),
     ],
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,11 @@ from medlens.pipelines.explain import Explainer, ExplainOptions
 from medlens.pipelines.explain.methods import SUPERPIXEL
 from medlens.pipelines.imaging import ImageRecord, sniff_format
 from medlens.pipelines.inference import OutputLayout
-from medlens.pipelines.inference.batch import BatchResult, earlier_rows, finish_batch, reusable
+from medlens.pipelines.inference.batch import BatchResult, BatchWork, earlier_rows, run_batch
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.predictors import MultiLabelPredictor, Predictor, load_predictor
-from medlens.pipelines.rundir import (
-    atomic_write_csv,
-    atomic_write_json,
-    file_sha256,
-    prepare_output_dir,
-)
-from medlens.pipelines.shards import select_shard, shard_folder
+from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
+from medlens.pipelines.shards import shard_folder
 
 __all__ = ["predict_paths", "layout", "volume_rows"]
 
@@ -85,86 +80,102 @@ def predict_paths(
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     if explainer is not None:
         explainer.retarget(out)
-        explain = explainer.options
     elif explain is not None:
         explainer = Explainer(predictor, explain, out)
-    everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
-    files, positions = select_shard(everything, shard)  # sorted: the same order sharded or not
-    order = {str(path): index for index, path in enumerate(files)}
-    digests: dict[str, str] = {}
-    rows: list[dict[str, Any]] = []
-    pending: list[ImageRecord] = []
-    kept = 0
+    files, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
+    work = _PredictWork(out, predictor, explainer, errors, batch_size=batch_size, flush_every=flush_every)
+    return run_batch(work, files, errors, shard=shard, resume=resume, progress=progress)
 
-    def flush() -> None:
+
+class _PredictWork(BatchWork):
+    """``predict``'s work: a file's images batched through the classifier (and its explainer)."""
+
+    command = "predict"
+
+    def __init__(self, out: Path, predictor: Predictor, explainer: Explainer | None, errors: list[tuple[str, str]],
+                 *, batch_size: int, flush_every: int) -> None:
+        super().__init__(out)
+        self.predictor, self.explainer, self.errors = predictor, explainer, errors
+        self.explain = explainer.options if explainer is not None else None
+        self.batch_size, self.flush_every = batch_size, flush_every
+        self.header = ["path", "frame", "sha256", *predictor.columns()]
+        if self.explain is not None:
+            self.header += predictor.explain_columns(self.explain)
+        self.layout = layout(self.header, predictor.explain_file_columns(self.explain) if self.explain else [],
+                             predictor.columns())
+        self.digests: dict[str, str] = {}
+        self.pending: list[ImageRecord] = []
+        self.batches = 0
+        self.files: list[Path] = []
+        self.order: dict[str, int] = {}
+
+    def earlier(self) -> dict[str, list[dict[str, Any]]]:
+        return _previous_rows(self.out, self.explain, self.layout)
+
+    def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
+        self._seen(case)
+        return super().keep(case, rows, digests)
+
+    def process(self, case: Any, digests: Mapping[str, str], errors: list[tuple[str, str]]) -> None:
+        self._seen(case)
+        self.digests.update(digests)
+        for record in read_records([case], errors):
+            self.pending.append(record)
+            if len(self.pending) >= self.batch_size:
+                self._flush()
+
+    def _seen(self, path: Path) -> None:
+        self.order.setdefault(str(path), len(self.order))
+        self.files.append(path)
+
+    def checkpoint(self) -> None:
+        if self.batches >= self.flush_every:
+            self.batches = 0
+            self._write_tables()
+
+    def _flush(self) -> None:
+        """Predict (and explain) the pending images: one batch."""
+        pending, predictor, explainer = self.pending, self.predictor, self.explainer
         if not pending:
             return
         extra: list[dict[str, Any]] = [{} for _ in pending]
         probabilities = None
         if explainer is not None:
             try:
-                probabilities, extra = explainer.explain(pending, digests)
+                probabilities, extra = explainer.explain(pending, self.digests)
             except Exception as exc:  # an explanation bug must not cost the predictions
                 log.exception("explaining a batch failed")
                 reason = f"explanation failed: {getattr(exc, 'reason', exc)}".splitlines()[0]
-                errors.extend((r.path if r.frame is None else f"{r.path}#{r.frame}", reason) for r in pending)
+                self.errors.extend((r.path if r.frame is None else f"{r.path}#{r.frame}", reason) for r in pending)
         if probabilities is None:
             probabilities = predictor.predict_pixels([r.pixels for r in pending])
         for record, probs, fields in zip(pending, probabilities, extra, strict=True):
             row: dict[str, Any] = {
                 "path": record.path,
                 "frame": "" if record.frame is None else record.frame,
-                "sha256": digests.get(record.path, ""),
+                "sha256": self.digests.get(record.path, ""),
             }
             row.update(predictor.fields(probs))
             row.update(fields)
-            rows.append(row)
+            self.rows.append(row)
         pending.clear()
+        self.batches += 1
 
-    header = ["path", "frame", "sha256", *predictor.columns()]
-    if explain is not None:
-        header += predictor.explain_columns(explain)
-    written = layout(header, predictor.explain_file_columns(explain) if explain is not None else [],
-                     predictor.columns())
-
-    def write_tables() -> Path:
+    def _write_tables(self) -> Path:
+        rows, header, order = self.rows, self.header, self.order
         rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
-        table = atomic_write_csv(out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
-        _write_json(out, predictor, explain, explainer, rows, errors, written)
+        table = atomic_write_csv(self.out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
+        _write_json(self.out, self.predictor, self.explain, self.explainer, rows, self.errors, self.layout)
         return table
 
-    previous = _previous_rows(out, explain, written) if resume else {}
-
-    batches = 0
-    for path in files:
-        try:
-            digests[str(path)] = file_sha256(path) if path.is_file() else ""
-        except OSError:
-            digests[str(path)] = ""
-        earlier = reusable(previous, {str(path): digests[str(path)]})
-        if earlier is not None:
-            rows.extend(earlier)
-            kept += 1
-            if progress:
-                progress(1)
-            continue
-        for record in read_records([path], errors):
-            pending.append(record)
-            if len(pending) >= batch_size:
-                flush()
-                batches += 1
-                if batches % flush_every == 0:
-                    write_tables()
-        if progress:
-            progress(1)
-    flush()
-    predictions_csv = write_tables()
-    volumes = volume_rows(predictor, rows, files)
-    atomic_write_csv(out / written.volume_table, written.volume_columns,
-                     ([v.get(c, "") for c in written.volume_columns] for v in volumes))
-    errors_csv = finish_batch(out, "predict", errors, shard=shard, cases=files, positions=positions,
-                              total=len(everything), kept=kept)
-    return BatchResult(out, predictions_csv, errors_csv, rows, errors, kept, volumes)
+    def finish(self) -> Path:
+        self._flush()
+        table = self._write_tables()
+        self.volumes = volume_rows(self.predictor, self.rows, self.files)
+        columns = self.layout.volume_columns
+        atomic_write_csv(self.out / self.layout.volume_table, columns,
+                         ([v.get(c, "") for c in columns] for v in self.volumes))
+        return table
 
 
 def volume_rows(predictor: Predictor, rows: list[dict[str, Any]], files: list[Path]) -> list[dict[str, Any]]:
@@ -213,10 +224,12 @@ def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLay
         earlier = json.loads(table.read_text())
     except ValueError:
         return {}
+    if not isinstance(earlier, dict):
+        return {}
     methods = sorted((earlier.get("explain") or {}).get("methods") or [])
     if methods != sorted(explain.methods if explain else []):
         return {}
-    return earlier_rows(out, current, earlier.get("rows", []))
+    return earlier_rows(out, current, earlier.get("rows", []), earlier)
 
 
 def layout(header: list[str], file_columns: list[str], result_columns: list[str]) -> OutputLayout:

@@ -35,9 +35,11 @@ same SHA-256 (content, not name) and whose outputs are still there, and segments
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +48,32 @@ import numpy as np
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.explain.overlay import mask_overlay, save_png
 from medlens.pipelines.explain.segmentation import MaskExplainer, segmentation_methods
-from medlens.pipelines.imaging import ImageRecord, read_image
+from medlens.pipelines.imaging import ImageRecord
 from medlens.pipelines.inference import OutputLayout, output_stem, volume_stem
-from medlens.pipelines.inference.batch import BatchResult, earlier_rows, finish_batch, reusable
+from medlens.pipelines.inference.batch import (
+    BatchResult,
+    BatchWork,
+    case_files,
+    case_name,
+    earlier_rows,
+    run_batch,
+)
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
 from medlens.pipelines.scale import scale_factor
 from medlens.pipelines.seg_model import SegModel
-from medlens.pipelines.shards import select_shard, shard_folder
+from medlens.pipelines.shards import shard_folder
 from medlens.pipelines.volumes import (
     Series,
     Volume,
     group_series,
     read_volume,
+    volume_digest,
     voxel_ml,
     write_dicom_seg,
     write_mask_volume,
 )
-from medlens.pipelines.volumes import volume_digest as volume_digest_of
 
 __all__ = ["segment_paths", "segmentation_methods", "COLUMNS", "VOLUME_COLUMNS", "file_sha256"]
 
@@ -84,13 +93,27 @@ def layout(columns: Sequence[str], explanation_files: Sequence[str] = ()) -> Out
                         volume_columns=list(VOLUME_COLUMNS), volume_file_columns=list(VOLUME_FILE_COLUMNS))
 
 
-def _previous_volumes(out: Path, current: OutputLayout) -> dict[str, dict[str, str]]:
-    """Rows of an earlier ``volumes.csv`` whose volume files all still exist, by case path."""
+def _summary(out: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((out / "segmentation.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _previous_volumes(out: Path, current: OutputLayout, summary: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Rows of an earlier ``volumes.csv`` whose volume files all still exist, by their first file's real path.
+
+    The first file is resolved against the folder the earlier batch ran from (``inputs_relative_to``),
+    so a batch resumed from another folder keeps its volumes as it keeps its rows.
+    """
     table = out / "volumes.csv"
     if not table.is_file():
         return {}
+    base = summary.get("inputs_relative_to") or "."
     with open(table, newline="", encoding="utf-8") as handle:
-        return {row["path"]: row for row in csv.DictReader(handle) if current.outputs_present(row, out, volume=True)}
+        return {os.path.realpath(os.path.join(base, row["first_file"])): row for row in csv.DictReader(handle)
+                if row.get("first_file") and current.outputs_present(row, out, volume=True)}
 
 
 def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarray] | None], out: Path,
@@ -196,78 +219,76 @@ def segment_paths(
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     methods = segmentation_methods(explain)
     explainer = MaskExplainer(model, methods, explain_samples) if methods else None
-    explain_columns = explainer.columns() if explainer else []
-    file_columns = explainer.file_columns() if explainer else []
-    columns = COLUMNS + explain_columns + (["scale", "scale_method"] if match_scale else [])
-    written = layout(columns, file_columns)
-    previous = earlier_rows(out, written) if resume else {}
-    previous_volumes = _previous_volumes(out, written) if resume else {}
-    everything, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
-    cases, series_errors = group_series(everything)
-    errors.extend(series_errors)
-    chosen, positions = select_shard(cases, shard)
-    scale = model.input_scale if match_scale else None
-    rows: list[dict[str, Any]] = []
-    volume_rows: list[dict[str, Any]] = []
-    kept = 0
+    files, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
+    work = _SegmentWork(out, model, explainer, errors, threshold=threshold, flush_every=flush_every,
+                        scale=model.input_scale if match_scale else None,
+                        probability_volumes=probability_volumes, deidentifier=deidentifier)
+    return run_batch(work, files, errors, shard=shard, resume=resume, progress=progress)
 
-    def flush(complete: bool = False) -> Path:
-        atomic_write_csv(out / "volumes.csv", VOLUME_COLUMNS,
-                         ([r.get(c, "") for c in VOLUME_COLUMNS] for r in volume_rows))
-        table = atomic_write_csv(out / "segmentation.csv", columns, ([r.get(c, "") for c in columns] for r in rows))
-        # Written with every flush, so an interrupted batch's tables always sit beside their layout.
-        atomic_write_json(out / "segmentation.json", {
-            "run": str(model.run.root.resolve()), "inputs_relative_to": str(Path.cwd()), "threshold": threshold,
-            "images": len(rows), "volumes": len(volume_rows), "errors": len(errors), "kept": kept,
-            "complete": complete, "layout": written.to_json()})
-        return table
 
-    for count, case in enumerate(chosen, start=1):
-        files = case.files if isinstance(case, Series) else [case]
-        name = case.path if isinstance(case, Series) else str(case)
-        try:
-            for path in files:
-                if not path.is_file():  # a FIFO would block the hash; the reader names the problem
-                    read_image(path)
-            digests = [file_sha256(path) for path in files]
-        except (OSError, MedlensError) as exc:
-            errors.append((name, getattr(exc, "reason", None) or f"cannot read: {exc.strerror or exc}"))
-            if progress:
-                progress(len(files))
-            continue
-        digest = digests[0] if len(files) == 1 else volume_digest_of(digests)
-        earlier = reusable(previous, {str(p): d for p, d in zip(files, digests, strict=True)})
-        earlier_volume = previous_volumes.get(name)
-        needs_volume = isinstance(case, Series) or len(earlier or []) > 1
-        if earlier is not None and all(r.get(c) for r in earlier for c in file_columns) and (
-                not needs_volume or (earlier_volume is not None and earlier_volume.get("sha256") == digest)):
-            rows.extend(earlier)
-            if needs_volume:
-                volume_rows.append(earlier_volume)
-            kept += 1
-            if progress:
-                progress(len(files))
-            continue
+class _SegmentWork(BatchWork):
+    """``segment``'s work: a case (an image, a volume, a DICOM series) slice by slice through the model."""
+
+    command = "segment"
+
+    def __init__(self, out: Path, model: SegModel, explainer: MaskExplainer | None, errors: list[tuple[str, str]],
+                 *, threshold: float, flush_every: int, scale: dict[str, Any] | None, probability_volumes: bool,
+                 deidentifier: Any) -> None:
+        super().__init__(out)
+        self.model, self.explainer, self.errors, self.threshold = model, explainer, errors, threshold
+        self.flush_every, self.scale = flush_every, scale
+        self.probability_volumes, self.deidentifier = probability_volumes, deidentifier
+        self.file_columns = explainer.file_columns() if explainer else []
+        self.columns = (COLUMNS + (explainer.columns() if explainer else [])
+                        + (["scale", "scale_method"] if scale else []))
+        self.layout = layout(self.columns, self.file_columns)
+        self.previous_volumes: dict[str, dict[str, str]] = {}
+        self.done = 0
+        self.kept = 0
+
+    def cases(self, files: list[Path], errors: list[tuple[str, str]]) -> list[Any]:
+        cases, series_errors = group_series(files)
+        errors.extend(series_errors)
+        return cases
+
+    def earlier(self) -> dict[str, list[dict[str, Any]]]:
+        summary = _summary(self.out)
+        self.previous_volumes = _previous_volumes(self.out, self.layout, summary)
+        return earlier_rows(self.out, self.layout, summary=summary)
+
+    def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
+        if not all(r.get(c) for r in rows for c in self.file_columns):
+            return False  # explained with fewer methods than now
+        needs_volume = isinstance(case, Series) or len(rows) > 1
+        volume = self.previous_volumes.get(os.path.realpath(case_files(case)[0])) if needs_volume else None
+        if needs_volume and (volume is None or volume.get("sha256") != volume_digest(list(digests.values()))):
+            return False
+        self.rows.extend(rows)
+        if volume is not None:
+            self.volumes.append({**volume, "path": case_name(case), "first_file": str(case_files(case)[0])})
+        self.kept += 1
+        return True
+
+    def process(self, case: Any, digests: Mapping[str, str], errors: list[tuple[str, str]]) -> None:
+        name, digest = case_name(case), volume_digest(list(digests.values()))
         try:
             volume = read_volume(case)
         except MedlensError as exc:
             errors.append((name, getattr(exc, "reason", None) or str(exc).splitlines()[0]))
-            if progress:
-                progress(len(files))
-            continue
+            return
         except Exception as exc:  # a reader bug must not lose the rest of the batch
             log.exception("reading %s as a volume failed", name)
             errors.append((name, f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]))
-            if progress:
-                progress(len(files))
-            continue
+            return
         records = volume.records if volume is not None else list(read_records([case], errors))
+        per_file = list(digests.values())
         slices: list[tuple[np.ndarray, np.ndarray] | None] = []
         for k, record in enumerate(records):
-            file_digest = digests[k] if isinstance(case, Series) else digest
+            file_digest = per_file[k] if isinstance(case, Series) else digest
             try:
-                row, mask, foreground = _segment_one(model, record, file_digest, out, threshold, explainer, scale)
-                rows.append(row)
+                row, mask, foreground = _segment_one(self.model, record, file_digest, self.out, self.threshold,
+                                                     self.explainer, self.scale)
+                self.rows.append(row)
                 slices.append((mask, foreground))
             except (MedlensError, ValueError) as exc:
                 errors.append((record.path if record.frame in (None, 0) else f"{record.path}#{record.frame}",
@@ -278,17 +299,31 @@ def segment_paths(
                 errors.append((record.path, f"unexpected {type(exc).__name__}: {exc}".splitlines()[0]))
                 slices.append(None)
         if volume is not None:
-            volume_rows.append(write_volume_outputs(volume, slices, out, digest, model,
-                                                    probability=probability_volumes, first_file=str(files[0]),
-                                                    deidentifier=deidentifier))
-        if progress:
-            progress(len(files))
-        if count % flush_every == 0:
-            flush()
-    csv_path = flush(complete=True)
-    errors_csv = finish_batch(out, "segment", errors, shard=shard, cases=chosen, positions=positions,
-                              total=len(cases), kept=kept)
-    return BatchResult(out, csv_path, errors_csv, rows, errors, kept, volume_rows)
+            self.volumes.append(write_volume_outputs(volume, slices, self.out, digest, self.model,
+                                                     probability=self.probability_volumes,
+                                                     first_file=str(case_files(case)[0]),
+                                                     deidentifier=self.deidentifier))
+
+    def checkpoint(self) -> None:
+        self.done += 1
+        if self.done % self.flush_every == 0:
+            self._write_tables()
+
+    def _write_tables(self, complete: bool = False) -> Path:
+        out = self.out
+        atomic_write_csv(out / "volumes.csv", VOLUME_COLUMNS,
+                         ([r.get(c, "") for c in VOLUME_COLUMNS] for r in self.volumes))
+        table = atomic_write_csv(out / "segmentation.csv", self.columns,
+                                 ([r.get(c, "") for c in self.columns] for r in self.rows))
+        # Written with every flush, so an interrupted batch's tables always sit beside their layout.
+        atomic_write_json(out / "segmentation.json", {
+            "run": str(self.model.run.root.resolve()), "inputs_relative_to": str(Path.cwd()),
+            "threshold": self.threshold, "images": len(self.rows), "volumes": len(self.volumes),
+            "errors": len(self.errors), "kept": self.kept, "complete": complete, "layout": self.layout.to_json()})
+        return table
+
+    def finish(self) -> Path:
+        return self._write_tables(complete=True)
 
 
 def _segment_one(model: SegModel, record: ImageRecord, digest: str, out: Path, threshold: float,

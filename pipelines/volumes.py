@@ -160,7 +160,9 @@ def group_series(files: list[Path]) -> tuple[list[Path | Series], list[tuple[str
 
 
 def volume_digest(digests: list[str]) -> str:
-    """SHA-256 naming a series: of its slices' SHA-256 digests, in slice order."""
+    """A case's content digest: its one file's SHA-256, or for a series the SHA-256 of its slices' digests in order."""
+    if len(digests) == 1:
+        return digests[0]
     import hashlib
 
     return hashlib.sha256("".join(digests).encode()).hexdigest()

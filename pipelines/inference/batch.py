@@ -1,8 +1,15 @@
-"""What every batch command shares around its per-image work: the result, resume, the ending.
+"""The one batch loop: cases in order, hashed, kept from an earlier run or processed, the tables flushed.
 
 ``predict`` (images batched through a classifier) and ``segment`` (one case at a time through a
-U-Net) differ in what they do per image; around it they are one loop:
+U-Net) differ only in what they do with a case; :func:`run_batch` is the loop around it, and a
+:class:`BatchWork` is what a command plugs in:
 
+- :func:`run_batch`: the shard's cases in input order; each file hashed (SHA-256; a FIFO or an
+  unreadable file is an error of its case, never a hang); a case whose earlier rows are
+  :func:`reusable` is offered to :meth:`BatchWork.keep`, any other goes to
+  :meth:`BatchWork.process`; progress per file, then :meth:`BatchWork.checkpoint` after every case
+  (the command decides when to rewrite its tables); then the tables, ``errors.csv`` and the shard
+  manifest (:func:`finish_batch`);
 - :class:`BatchResult`: the table written, ``errors.csv``, the rows, how many inputs were kept
   from an earlier run into the same folder, one row per volume;
 - :func:`earlier_rows` and :func:`reusable`: resume. Rows of an earlier batch stand in for an
@@ -18,15 +25,16 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlens.pipelines.inference.layout import OutputLayout, read_layout
-from medlens.pipelines.rundir import atomic_write_csv
+from medlens.pipelines.errors import MedlensError
+from medlens.pipelines.inference.layout import OutputLayout
+from medlens.pipelines.rundir import atomic_write_csv, file_sha256
 
-__all__ = ["BatchResult", "earlier_rows", "reusable", "finish_batch"]
+__all__ = ["BatchResult", "BatchWork", "run_batch", "case_files", "earlier_rows", "reusable", "finish_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,110 @@ class BatchResult:
     volumes: list[dict[str, Any]] = field(default_factory=list)
 
 
+class BatchWork:
+    """What one batch command does with a case; :func:`run_batch` runs the loop around it.
+
+    Attributes:
+        command: The command's name (``predict``, ``segment``): the shard manifest and the
+            failure line name it.
+        out: The output folder.
+        rows: The per-image rows, as the command's table holds them.
+        volumes: One row per volume case.
+    """
+
+    command = ""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.rows: list[dict[str, Any]] = []
+        self.volumes: list[dict[str, Any]] = []
+
+    def cases(self, files: list[Path], errors: list[tuple[str, str]]) -> list[Any]:
+        """The units of work among the expanded ``files`` (default: each file is one)."""
+        return list(files)
+
+    def earlier(self) -> dict[str, list[dict[str, Any]]]:
+        """Rows of an earlier batch into :attr:`out` (for ``resume``), as :func:`earlier_rows` gives them."""
+        return {}
+
+    def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
+        """Take an unchanged case's earlier ``rows`` instead of processing it; False to process it again."""
+        self.rows.extend(rows)
+        return True
+
+    def process(self, case: Any, digests: Mapping[str, str], errors: list[tuple[str, str]]) -> None:
+        """Do the command's work on one case (its files' SHA-256 in ``digests``); failures go to ``errors``."""
+        raise NotImplementedError
+
+    def checkpoint(self) -> None:
+        """Called after every case: rewrite the tables now and then, so an interrupted batch can resume."""
+
+    def finish(self) -> Path:
+        """Process what is still pending, write the tables as complete; returns the main table's path."""
+        raise NotImplementedError
+
+
+def case_files(case: Any) -> list[Path]:
+    """The files of a case: a DICOM series' slices, or the one file."""
+    files = getattr(case, "files", None)
+    return list(files) if files is not None else [Path(case)]
+
+
+def case_name(case: Any) -> str:
+    """How rows and errors name a case (a series: its folder and UID)."""
+    return str(getattr(case, "path", case))
+
+
+def _hash(path: Path) -> str:
+    """A file's SHA-256; a FIFO, a link loop or an unreadable file raises with the reader's reason."""
+    from medlens.pipelines.imaging import read_image
+
+    if not path.is_file():  # a FIFO would block the hash; the reader names the problem
+        read_image(path)
+    return file_sha256(path)
+
+
+def run_batch(work: BatchWork, files: list[Path], errors: list[tuple[str, str]], *,
+              shard: tuple[int, int] | None = None, resume: bool = False,
+              progress: Callable[[int], None] | None = None) -> BatchResult:
+    """Run ``work`` over the expanded ``files``: the one loop of every batch command.
+
+    Args:
+        work: The command's :class:`BatchWork`.
+        files: ``expand_inputs(inputs)``'s files (sorted, de-duplicated).
+        errors: Its errors; every failure of the batch is added to it.
+        shard: ``(I, N)``: only shard I of N of the cases (:func:`~medlens.pipelines.shards.select_shard`).
+        resume: Offer cases whose every file is unchanged since an earlier batch into the same
+            folder to :meth:`BatchWork.keep`.
+        progress: Called with the number of files of every case finished.
+    """
+    from medlens.pipelines.shards import select_shard
+
+    cases = work.cases(files, errors)
+    chosen, positions = select_shard(cases, shard)  # sorted: the same order sharded or not
+    previous = work.earlier() if resume else {}
+    kept = 0
+    for case in chosen:
+        paths = case_files(case)
+        try:
+            digests = {str(path): _hash(path) for path in paths}
+        except (OSError, MedlensError) as exc:
+            errors.append((case_name(case), getattr(exc, "reason", None) or f"cannot read: {exc.strerror or exc}"))
+        else:
+            earlier = reusable(previous, digests) if previous else None
+            if earlier is not None and work.keep(case, earlier, digests):
+                kept += 1
+            else:
+                work.process(case, digests, errors)
+        if progress:
+            progress(len(paths))
+        work.checkpoint()
+    table = work.finish()
+    errors_csv = finish_batch(work.out, work.command, errors, shard=shard, cases=chosen, positions=positions,
+                              total=len(cases), kept=kept)
+    return BatchResult(work.out, table, errors_csv, work.rows, errors, kept, work.volumes)
+
+
 def _summary(out: Path, current: OutputLayout) -> dict[str, Any]:
     try:
         summary = json.loads((out / current.summary).read_text())
@@ -62,8 +174,8 @@ def _summary(out: Path, current: OutputLayout) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
-def earlier_rows(out: Path, current: OutputLayout,
-                 rows: Iterable[Mapping[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
+def earlier_rows(out: Path, current: OutputLayout, rows: Iterable[Mapping[str, Any]] | None = None,
+                 summary: Mapping[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Rows of an earlier batch into ``out`` whose output files all still exist, by their input's real path.
 
     Args:
@@ -72,9 +184,11 @@ def earlier_rows(out: Path, current: OutputLayout,
             columns name files, so a change of columns does not misread old rows.
         rows: The earlier rows when the caller has them typed (``predictions.json``); by
             default they are read from the layout's table.
+        summary: The earlier summary when the caller has read it already (by default read from
+            the layout's summary file).
     """
-    summary = _summary(out, current)
-    recorded = read_layout(out, [current.summary]) or current
+    summary = _summary(out, current) if summary is None else summary
+    recorded = OutputLayout.from_json(summary["layout"]) if isinstance(summary.get("layout"), dict) else current
     if rows is None:
         table = out / current.table
         if not table.is_file():

@@ -136,6 +136,22 @@ def test_resume_keeps_a_finished_volume_and_a_changed_slice_redoes_it(tiny_seg_r
     assert changed.kept == 0 and changed.volumes[0]["sha256"] != first.volumes[0]["sha256"]
 
 
+def test_a_series_resumed_from_another_folder_keeps_its_volume(tiny_seg_run, bright, lgg, tmp_path, monkeypatch):
+    """Volumes are found again by their first file, resolved against the folder the first batch ran from."""
+    images, _ = lgg
+    write_series(tmp_path / "first" / "series", images[:3], shuffle=False)
+    monkeypatch.chdir(tmp_path / "first")
+    made = segment_paths(tiny_seg_run, [Path("series")], tmp_path / "out", model=bright)
+    assert made.volumes[0]["mask_volume"] and made.volumes[0]["first_file"].startswith("series")
+    monkeypatch.chdir(tmp_path)  # the same slices, now named first/series/... from here
+    again = segment_paths(tiny_seg_run, [Path("first/series")], tmp_path / "out", model=bright, resume=True)
+    assert again.kept == 1 and len(again.volumes) == 1 and len(again.rows) == 3
+    volume = again.volumes[0]
+    assert volume["first_file"].startswith("first/series") and volume["path"].startswith("first/series")
+    assert volume["sha256"] == made.volumes[0]["sha256"] and volume["mask_volume"] == made.volumes[0]["mask_volume"]
+    assert (tmp_path / "out" / volume["mask_volume"]).is_file()
+
+
 def test_a_broken_series_is_named_and_other_inputs_are_kept(tiny_seg_run, bright, lgg, tmp_path, phantom_dir):
     images, _ = lgg
     files = write_series(tmp_path / "series", images[:3], shuffle=False)

@@ -26,13 +26,7 @@ import numpy as np
 from medlens.pipelines.config import DataConfig
 from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
 from medlens.pipelines.data.sources import ArraySource, Dataset, FileSource, ImageSource
-from medlens.pipelines.data.splits import (
-    SPLIT_ALIASES,
-    SPLITS,
-    assign_splits,
-    normalise_split,
-    split_pool,
-)
+from medlens.pipelines.data.splits import SPLIT_ALIASES, SPLITS, assign_splits, normalise_split, split_pool
 from medlens.pipelines.errors import ConfigError, DatasetError
 from medlens.pipelines.imaging import list_images, read_npz
 

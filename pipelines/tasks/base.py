@@ -6,8 +6,14 @@ reading a config or listing presets never starts a deep-learning backend.
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
+
+
+def _named(module: str, name: str) -> Any:
+    """``module.name``, the module imported when first needed."""
+    return getattr(import_module(module), name)
 
 
 class Task:
@@ -18,12 +24,17 @@ class Task:
         batch_command: the CLI command that applies a run of this task to files.
         endpoint: the service route that applies it to one upload.
         config_class: the name of its config dataclass in :mod:`medlens.pipelines.config`.
+        evaluation: ``(module, evaluate, write_card)``: the module and names of its functions that
+            score a run on a split (writing ``metrics.json``) and (re)write the run's model card.
+        applier: ``"module:Class"`` applying a finished run (a ``Predictor`` or a ``SegModel``).
     """
 
     name: str = ""
     batch_command: str = ""
     endpoint: str = ""
     config_class: str = ""  # the config dataclass in medlens.pipelines.config
+    evaluation: tuple[str, str, str] = ("", "", "")
+    applier: str = ""
 
     # configuration ------------------------------------------------------------------------
     def build_config(self, tree: dict[str, Any]) -> Any:
@@ -45,14 +56,31 @@ class Task:
         """Train ``cfg`` into the run directory ``run``; returns a ``TrainResult``."""
         raise NotImplementedError
 
+    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any = None, dataset: Any = None,
+                       cfg: Any = None) -> dict[str, Any]:
+        """Score ``split`` (``metrics.json``) and rewrite the model card; the metrics.
+
+        A just-trained run passes its ``model``, ``dataset`` and ``cfg``; a finished one is read
+        from the run directory.
+        """
+        given = {k: v for k, v in {"model": model, "dataset": dataset, "cfg": cfg}.items() if v is not None}
+        module, evaluate, write_card = self.evaluation
+        metrics = _named(module, evaluate)(run_dir, split=split, **given)
+        _named(module, write_card)(run_dir)
+        return metrics
+
     def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
         """Evaluate a finished run on ``split``, rewrite its model card; ``(heading, metrics)`` to print."""
-        raise NotImplementedError
+        return self.headline(split, self.evaluate_model(run_dir, split=split))
+
+    def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """What ``medlens evaluate`` prints of a split's metrics: ``(heading, metrics)`` pairs."""
+        return [(split, metrics)]
 
     # inference ----------------------------------------------------------------------------
     def load(self, run_dir: str | Path, model: Any = None) -> Any:
         """The object that applies a finished run (a ``Predictor`` or a ``SegModel``)."""
-        raise NotImplementedError
+        return _named(*self.applier.split(":"))(run_dir, model=model)
 
     def wrong_command(self, run_dir: Any, command: str) -> str:
         """The one-line message for applying a run of this task with another task's command."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.tasks.base import Task
@@ -15,6 +14,8 @@ class ClassificationTask(Task):
     config_class = "RunConfig"
     endpoint = "/predict"
     output_kind = "classes"
+    evaluation = ("medlens.pipelines.evaluation.classification_run", "evaluate_run", "write_model_card")
+    applier = "medlens.pipelines.predictors:Predictor"
 
     def describe_model(self, cfg: Any) -> str:
         return f"{cfg.model.backbone} ({cfg.model.weights})"
@@ -67,24 +68,3 @@ class ClassificationTask(Task):
     def run_facts(self, cfg: Any, dataset: Any) -> dict[str, Any]:
         """Task-specific ``run.json`` fields (besides ``class_names``)."""
         return {}
-
-    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
-        """Metrics of a just-trained model on ``split`` (written to ``metrics.json``) and the model card."""
-        from medlens.pipelines.evaluation.classification_run import evaluate_run, write_model_card
-
-        metrics = evaluate_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
-        write_model_card(run_dir)
-        return metrics
-
-    # evaluation and inference ----------------------------------------------------------------
-    def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.evaluation.classification_run import evaluate_run, write_model_card
-
-        metrics = evaluate_run(run_dir, split=split)
-        write_model_card(run_dir)
-        return [(split, metrics)]
-
-    def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predictors import Predictor
-
-        return Predictor(run_dir, model=model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.tasks.classification import ClassificationTask
@@ -14,6 +13,9 @@ class MultiLabelTask(ClassificationTask):
 
     name = "multilabel"
     config_class = "MultiLabelRunConfig"
+    evaluation = ("medlens.pipelines.evaluation.multilabel_run",
+                  "evaluate_multilabel_run", "write_multilabel_card")
+    applier = "medlens.pipelines.predictors:MultiLabelPredictor"
     output_kind = "findings"
 
     def describe_target(self, cfg: Any) -> str:
@@ -46,23 +48,7 @@ class MultiLabelTask(ClassificationTask):
         return {"findings": list(dataset.class_names),
                 "positive_weights": None if weights is None else [round(w, 4) for w in weights]}
 
-    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
-        from medlens.pipelines.evaluation.multilabel_run import evaluate_multilabel_run, write_multilabel_card
-
-        metrics = evaluate_multilabel_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
-        write_multilabel_card(run_dir)
-        return metrics
-
-    def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.evaluation.multilabel_run import evaluate_multilabel_run, write_multilabel_card
-
-        metrics = evaluate_multilabel_run(run_dir, split=split)
-        write_multilabel_card(run_dir)
+    def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         summary = {k: metrics[k] for k in ("n", "macro_auc", "micro_auc", "mean_average_precision", "exact_match")}
         per = {f"auc {f}": m["auc"] for f, m in metrics["findings"].items()}
         return [(split, {**summary, **per})]
-
-    def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predictors import MultiLabelPredictor
-
-        return MultiLabelPredictor(run_dir, model=model)

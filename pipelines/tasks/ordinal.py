@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.tasks.classification import ClassificationTask
@@ -14,6 +13,8 @@ class OrdinalTask(ClassificationTask):
 
     name = "ordinal"
     config_class = "OrdinalRunConfig"
+    evaluation = ("medlens.pipelines.evaluation.ordinal_run", "evaluate_ordinal_run", "write_ordinal_card")
+    applier = "medlens.pipelines.predictors:OrdinalPredictor"
     output_kind = "grades"
 
     def describe_target(self, cfg: Any) -> str:
@@ -49,24 +50,8 @@ class OrdinalTask(ClassificationTask):
     def run_facts(self, cfg: Any, dataset: Any) -> dict[str, Any]:
         return {"grades": list(dataset.class_names), "referable_grade": int(cfg.evaluate.referable)}
 
-    def evaluate_model(self, run_dir: str | Path, *, split: str, model: Any, dataset: Any, cfg: Any) -> dict[str, Any]:
-        from medlens.pipelines.evaluation.ordinal_run import evaluate_ordinal_run, write_ordinal_card
-
-        metrics = evaluate_ordinal_run(run_dir, split=split, model=model, dataset=dataset, cfg=cfg)
-        write_ordinal_card(run_dir)
-        return metrics
-
-    def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.evaluation.ordinal_run import evaluate_ordinal_run, write_ordinal_card
-
-        metrics = evaluate_ordinal_run(run_dir, split=split)
-        write_ordinal_card(run_dir)
+    def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         ref = metrics["referable"]
         return [(split, {k: metrics[k] for k in ("n", "qwk", "mae", "accuracy", "auc")}),
                 (f"{split} referable (grade {ref['grade']})",
                  {k: ref[k] for k in ("auc", "sensitivity", "specificity", "threshold")})]
-
-    def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.predictors import OrdinalPredictor
-
-        return OrdinalPredictor(run_dir, model=model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from medlens.pipelines.tasks.base import Task
@@ -13,6 +12,9 @@ class SegmentationTask(Task):
     batch_command = "segment"
     config_class = "SegRunConfig"
     endpoint = "/segment"
+    evaluation = ("medlens.pipelines.evaluation.segmentation_run",
+                  "evaluate_segmentation", "write_seg_model_card")
+    applier = "medlens.pipelines.seg_model:SegModel"
 
     def describe_model(self, cfg: Any) -> str:
         encoder = "" if cfg.model.backbone == "none" else f", {cfg.model.backbone} encoder ({cfg.model.weights})"
@@ -26,15 +28,6 @@ class SegmentationTask(Task):
 
         return train_segmentation(cfg, run, resume_state=resume_state, **options)
 
-    def evaluate(self, run_dir: str | Path, split: str) -> list[tuple[str, dict[str, Any]]]:
-        from medlens.pipelines.evaluation.segmentation_run import evaluate_segmentation, write_seg_model_card
-
-        result = evaluate_segmentation(run_dir, split=split)
-        write_seg_model_card(run_dir)
-        return [(f"{split} (pooled over pixels)", {"n": result["n"], **result["pooled"]}),
-                (f"{split} (mean per image)", result["mean"])]
-
-    def load(self, run_dir: str | Path, model: Any = None) -> Any:
-        from medlens.pipelines.seg_model import SegModel
-
-        return SegModel(run_dir, model=model)
+    def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        return [(f"{split} (pooled over pixels)", {"n": metrics["n"], **metrics["pooled"]}),
+                (f"{split} (mean per image)", metrics["mean"])]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from medlens.pipelines.config import list_presets, load_config
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.tasks import TASKS, Task, task_named, task_of_run
+from medlens.pipelines.tasks.base import _named
+
+# Implemented once on the base, from what each task names (evaluation, applier; headline by default).
+SHARED = ("wrong_command", "build_config", "evaluate_model", "evaluate", "headline", "load")
 
 
 def test_every_task_implements_the_interface() -> None:
@@ -15,7 +21,13 @@ def test_every_task_implements_the_interface() -> None:
     for name, task in TASKS.items():
         assert task.name == name and task.batch_command and task.endpoint.startswith("/")
         for method in interface:
-            assert getattr(type(task), method) is not getattr(Task, method) or method in ("wrong_command", "build_config"), (name, method)
+            assert getattr(type(task), method) is not getattr(Task, method) or method in SHARED, (name, method)
+        # The shared evaluate / load name what they call: each resolves to the task's own function or class.
+        module, evaluate, write_card = task.evaluation
+        evaluator, card_writer = _named(module, evaluate), _named(module, write_card)
+        applier = _named(*task.applier.split(":"))
+        assert callable(evaluator) and callable(card_writer) and isinstance(applier, type), name
+        assert {"split", "model", "dataset", "cfg"} <= set(inspect.signature(evaluator).parameters), name
     # Tasks may share a command (single- and multi-label runs are both applied by `predict`), but one
     # command always maps to one service route, and the run's own task tells the outputs apart.
     routes = {task.batch_command: set() for task in TASKS.values()}

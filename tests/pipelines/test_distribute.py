@@ -43,10 +43,13 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(phantom_dir, tmp_path):
     one, two = _history(runs["one"] / "history.csv"), _history(runs["two"] / "history.csv")
     assert len(one) == len(two) == 3
     # Gradients are averaged over the global batch as on one device, but BatchNorm normalises each
-    # replica's half batch and a last batch too small to split is dropped, so losses differ by a few
-    # per cent (measured 14 %, 14 %, 4 % over the three epochs here) and test AUC by 0.007.
-    for a, b in zip(one, two, strict=True):
-        assert abs(float(a["loss"]) - float(b["loss"])) <= 0.25 * float(a["loss"]), (a["loss"], b["loss"])
+    # replica's half batch and a last batch too small to split is dropped, so losses differ: measured
+    # 14 %, 14 %, 4 % over the three epochs on one machine, 0.110 / 0.042 / 0.032 (17 %, 25 %, 11 %) on
+    # another, and test AUC by 0.007. The half-batch statistics shift the loss by an amount of their own,
+    # not a share of the loss (the 25 % was at a loss of 0.17), hence a relative and an absolute part.
+    losses = [(float(a["loss"]), float(b["loss"])) for a, b in zip(one, two, strict=True)]
+    for a, b in losses:
+        assert abs(a - b) <= 0.25 * a + 0.05, losses
     metrics = {name: json.loads((run / "metrics.json").read_text())["test"] for name, run in runs.items()}
     assert abs(metrics["one"]["auc"] - metrics["two"]["auc"]) <= 0.05, (metrics["one"]["auc"], metrics["two"]["auc"])
     assert metrics["one"]["n"] == metrics["two"]["n"]  # evaluation sees every test image on one device

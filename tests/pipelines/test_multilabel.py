@@ -20,6 +20,7 @@ from medlens.pipelines.config import load_config
 from medlens.pipelines.data import load_findings
 from medlens.pipelines.errors import ConfigError, DatasetError
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
+from medlens.pipelines.explain.localisation import pointing_game
 from medlens.pipelines.phantoms import FINDINGS, write_findings_phantoms
 
 
@@ -41,6 +42,12 @@ def images(tmp_path, phantom_dir) -> Path:
     for i, source in enumerate(sorted((phantom_dir / "lesion").iterdir())[:8]):
         shutil.copy(source, folder / f"x{i}.png")
     return tmp_path
+
+
+def _mask(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
 
 
 def _write(root: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -231,11 +238,20 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
     for finding in FINDINGS:
         actual = sum(truth[f"images/{Path(r['path']).name}"][finding] == "1" for r in rows)
         assert abs(called[finding] - actual) <= 6, (finding, called[finding], actual)
-        for slug, bar in (("gradcam", 0.85), ("gradcampp", 0.6)):
-            hits = [int(r[f"{slug}_{finding}_pointing"]) for r in rows if r[f"{slug}_{finding}_pointing"] != ""]
-            assert len(hits) >= 25
-            # Measured on fresh phantoms: Grad-CAM 0.925 / 0.951 / 1.0, Grad-CAM++ 0.925 / 0.683 / 1.0.
-            assert np.mean(hits) >= bar, (slug, finding, np.mean(hits), len(hits))
+        # The small CNN's maps are 4x4 cells of 16 px upsampled, the masks end where a lesion's soft edge
+        # drops below a quarter of its contrast: a peak can sit a pixel or two beyond the mask. Measured
+        # over six trained models (seeds 3-7, 12 and 20 epochs) on these phantoms: Grad-CAM per finding
+        # 0.80-1.0 as written (cyst 0.80 and 0.82 for seed 3, whose peaks sat 0.99x inside and just
+        # beyond the rim) and 1.0 at a 2-pixel tolerance; Grad-CAM++ 0.675-1.0 as written, >= 0.875 at 2 px.
+        for slug, strict, tolerant in (("gradcam", 0.75, 0.9), ("gradcampp", 0.6, 0.8)):
+            explained = [r for r in rows if r[f"{slug}_{finding}_pointing"] != ""]
+            assert len(explained) >= 25
+            hits = [int(r[f"{slug}_{finding}_pointing"]) for r in explained]
+            assert np.mean(hits) >= strict, (slug, finding, np.mean(hits), len(hits))
+            near = [pointing_game(np.load(out / r[f"{slug}_{finding}_map"]),
+                                  _mask(fresh / "masks" / f"{Path(r['path']).stem}_{finding}.png"), tolerance_px=2)
+                    for r in explained]
+            assert np.mean(near) >= max(tolerant, np.mean(hits)), (slug, finding, np.mean(near), len(near))
 
     # The report: each case lists its present findings, a map per finding, and the filter offers findings.
     assert main(["report", str(out)]) == 0

@@ -74,14 +74,17 @@ def test_gradcam_peak_falls_inside_the_lesion_on_demo_phantoms(demo_run, fresh_p
 @pytest.mark.slow
 def test_superpixel_and_occlusion_maps_point_at_the_lesion(demo_run, fresh_phantoms, tmp_path):
     """LIME and Kernel SHAP at their defaults (blurred hiding, ~100 superpixels), occlusion at its default window."""
+    # 500 samples: Kernel SHAP fits ~100 superpixel weights by least squares, and at 200 samples its pointing
+    # varied with the sampling seed (0.70 and 0.83 on 30 positives, seeds 0 and 1); at 500: 0.90 and 1.0.
     explain = ExplainOptions(methods=("lime", "kernelshap", "occlusion"), masks=load_masks(fresh_phantoms / "masks"),
-                             lime_samples=200)
+                             lime_samples=500)
     files = sorted((fresh_phantoms / "lesion").iterdir())[:30]
     result = predict_paths(demo_run, files, tmp_path / "out", explain=explain)
     positives = [r for r in result.rows if r["label"] == "lesion"]
     assert len(positives) >= 25
-    # Measured on these 28 positives: LIME 0.93, Kernel SHAP 0.93 (with the old defaults, mean-colour hiding and
-    # ~50 superpixels, LIME pointed at 0.70-0.80 of the benchmark's positives), occlusion 0.89.
+    # Measured at 200 samples on 28 positives: LIME 0.93, Kernel SHAP 0.93 (with the old defaults, mean-colour hiding
+    # and ~50 superpixels, LIME pointed at 0.70-0.80 of the benchmark's positives), occlusion 0.89; at 500 samples
+    # on another machine's model, 30 positives: LIME 0.97, Kernel SHAP 0.90.
     for slug, bar in (("lime", 0.8), ("kernelshap", 0.8), ("occlusion", 0.75)):
         rate = float(np.mean([r[f"{slug}_pointing"] for r in positives]))
         assert rate >= bar, (slug, rate)

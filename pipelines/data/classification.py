@@ -114,7 +114,7 @@ def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
     for row in rows:
         value = (row.get(cfg.column("image")) or "").strip()
         path = files(value)
-        if path is None or not path.is_file():
+        if not files.exists(path):
             missing.append(value or "(empty path)")
         paths.append(path or root)
     if missing:

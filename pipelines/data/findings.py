@@ -130,7 +130,7 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
         try:
             if path is None:
                 raise ValueError(f"empty {image_column!r}")
-            if not path.is_file():
+            if not files.exists(path):
                 raise ValueError(f"file not found: {path}")
             vector = _row_labels(cfg, row, findings, pipe_column)
             split = normalise_split(row.get(split_column) or "", f"{manifest} line {number}") if split_column else None

@@ -79,17 +79,26 @@ class ManifestFiles:
         self.base = manifest.parent
         self.root = root
         self.from_root = 0
+        self._found: set[Path] = set()
 
     def __call__(self, text: str | None) -> Path | None:
         path = file_path(text, self.base)
-        if path is None or path.is_file() or self.root == self.base:
+        if path is None or self.root == self.base:
+            return path
+        if path.is_file():
+            self._found.add(path)
             return path
         legacy = file_path(text, self.root)
         if legacy is None or not legacy.is_file():
             return path
+        self._found.add(legacy)
         if not self.from_root:
             log.warning("%s: file paths are relative to the manifest's folder (%s); found %r under data.root (%s) "
                         "instead, the old rule for classification manifests (deprecated: write paths relative "
                         "to the manifest)", self.manifest, self.base, str(text).strip(), self.root)
         self.from_root += 1
         return legacy
+
+    def exists(self, path: Path | None) -> bool:
+        """Whether a resolved cell names a file (each file is looked up once: resolving may have found it)."""
+        return path is not None and (path in self._found or path.is_file())

@@ -26,22 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Name endings stripped from file stems before images, masks and FOVs are paired.
 DEFAULT_MASK_SUFFIXES: tuple[str, ...] = (
-    "manual1",
-    "manual2",
-    "manual",
-    "mask",
-    "masks",
-    "fov",
-    "training",
-    "train",
-    "test",
-    "testing",
-    "seg",
-    "segmentation",
-    "label",
-    "labels",
-    "gt",
-    "annotation",
+    "manual1", "manual2", "manual", "mask", "masks", "fov", "training", "train", "test", "testing", "seg",
+    "segmentation", "label", "labels", "gt", "annotation",
 )
 
 

@@ -159,7 +159,7 @@ def _read_manifest(manifest: Path, root: Path, columns: Mapping[str, str]) -> li
         fov = files(cell("fov"))
         mask2 = files(cell("mask2"))
         for path in (image, mask, fov, mask2):
-            if path is not None and not path.is_file():
+            if path is not None and not files.exists(path):
                 missing.append(path)
         patient = cell("patient_id") or None
         split_text = cell("split")

@@ -21,6 +21,7 @@ from medlens.pipelines.data import (
     load_findings,
     load_seg_dataset,
 )
+from medlens.pipelines.data.manifest import ManifestFiles
 from medlens.pipelines.errors import DatasetError
 
 
@@ -120,6 +121,27 @@ def test_manifest_paths_under_the_root_the_old_classification_rule_still_load_wi
     (tmp_path / "img" / "p00_0.png").unlink()  # found in neither place: the error names the manifest's folder
     with pytest.raises(DatasetError, match=r"1 row\(s\) point at missing files under .*lists, e\.g\. img/p00_0\.png"):
         _load_both(tmp_path, "lists/")
+
+
+def test_manifest_files_are_looked_up_once_per_cell(tmp_path: Path, monkeypatch) -> None:
+    """Resolving a cell and checking it exists cost one lookup, beside the manifest or under the root."""
+    (tmp_path / "lists").mkdir()
+    for name in ("lists/here.png", "there.png"):
+        _png(tmp_path / name, np.zeros((4, 4), np.uint8))
+    looked: list[Path] = []
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: looked.append(self) or is_file(self))
+    # (cell, exists, lookups) with the root the manifest's folder, then above it: a file found while
+    # resolving is not looked up again; only a file missing everywhere is looked up a third time.
+    cases = {tmp_path / "lists": [("here.png", True, 1), ("there.png", False, 1), ("gone.png", False, 1)],
+             tmp_path: [("here.png", True, 1), ("there.png", True, 2), ("gone.png", False, 3)]}
+    for root, cells in cases.items():
+        files = ManifestFiles(tmp_path / "lists" / "m.csv", root)
+        for cell, exists, lookups in cells:
+            looked.clear()
+            assert files.exists(files(cell)) is exists, (root, cell)
+            assert len(looked) == lookups, (root, cell, looked)
+        assert not files.exists(files(""))
 
 
 def test_made_splits_share_no_patient_and_report_none(tmp_path: Path) -> None:

@@ -20,12 +20,7 @@ from medlens.models.backbones import preprocess_function
 from medlens.pipelines.config import RunConfig, load_config
 from medlens.pipelines.data import ClassificationSequence, Dataset, load_dataset
 from medlens.pipelines.errors import RunDirError
-from medlens.pipelines.evaluation.calibration import (
-    apply_temperature,
-    expected_calibration_error,
-    fit_temperature,
-    plot_reliability,
-)
+from medlens.pipelines.evaluation import calibration
 from medlens.pipelines.evaluation.classification import choose_threshold, classification_metrics
 from medlens.pipelines.evaluation.plots import plot_confusion, plot_history, plot_roc
 from medlens.pipelines.evaluation.probabilities import to_probabilities
@@ -93,8 +88,8 @@ def evaluate_run(
     # order, so the threshold lives on the calibrated scale that predictions report.
     val_raw = predict_source(model, dataset.splits["val"], cfg, num_classes)
     val_labels = np.asarray(dataset.splits["val"].labels)
-    temperature = fit_temperature(val_raw, val_labels)
-    val_probs = apply_temperature(val_raw, temperature)
+    temperature = calibration.fit_temperature(val_raw, val_labels)
+    val_probs = calibration.apply_temperature(val_raw, temperature)
     state["temperature"] = temperature
     threshold = None
     if num_classes == 2:
@@ -109,7 +104,7 @@ def evaluate_run(
     source = dataset.splits[split]
     labels = np.asarray(source.labels)
     raw = val_raw if split == "val" else predict_source(model, source, cfg, num_classes)
-    probs = apply_temperature(raw, temperature)
+    probs = calibration.apply_temperature(raw, temperature)
     metrics = _with_calibration(classification_metrics(labels, probs, class_names, threshold=threshold),
                                 raw, probs, labels)
 
@@ -121,7 +116,8 @@ def evaluate_run(
     run.write_metrics(all_metrics)
 
     run.plots.mkdir(exist_ok=True)
-    plot_reliability(raw, probs, labels, run.plots / f"reliability_{split}.png", title=f"Reliability ({split})")
+    calibration.plot_reliability(raw, probs, labels, run.plots / f"reliability_{split}.png",
+                                 title=f"Reliability ({split})")
     plot_roc(labels, probs, class_names, run.plots / f"roc_{split}.png", threshold=threshold)
     plot_confusion(np.asarray(metrics["confusion_matrix"]), class_names, run.plots / f"confusion_{split}.png")
     if run.history_path.is_file():
@@ -131,8 +127,8 @@ def evaluate_run(
 
 def _with_calibration(metrics: dict[str, Any], raw: np.ndarray, calibrated: np.ndarray,
                       labels: np.ndarray) -> dict[str, Any]:
-    metrics["ece"] = round(expected_calibration_error(calibrated, labels), 6)
-    metrics["ece_uncalibrated"] = round(expected_calibration_error(raw, labels), 6)
+    metrics["ece"] = round(calibration.expected_calibration_error(calibrated, labels), 6)
+    metrics["ece_uncalibrated"] = round(calibration.expected_calibration_error(raw, labels), 6)
     return metrics
 
 

@@ -20,17 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: File suffixes :func:`list_images` picks up (matched case-insensitively).
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".dcm",
-    ".dicom",
-    ".nii",
-    ".nii.gz",
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".dcm", ".dicom", ".nii", ".nii.gz",
 )
 
 #: Largest image (width × height) the readers decode; larger files are refused

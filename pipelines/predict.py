@@ -130,6 +130,7 @@ class _PredictWork(BatchWork):
 
     def checkpoint(self) -> None:
         if self.batches >= self.flush_every:
+            self._flush()  # a file's last frames too: a table never holds part of a file
             self.batches = 0
             self._write_tables()
 

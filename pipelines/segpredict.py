@@ -189,7 +189,7 @@ def segment_paths(
             share of the map's energy inside the predicted region (``SLUG_inside``).
         explain_samples: LIME / Kernel SHAP perturbed samples per image (default 1000).
         threshold: Override the run's probability threshold.
-        progress: Called with 1 for every input file finished.
+        progress: Called with the number of files of every case finished (1, or a series' slices).
         model: Reuse an already loaded :class:`SegModel`.
         flush_every: Rewrite ``segmentation.csv`` after this many files.
         shard: ``(I, N)``: only shard I of N, into ``out_dir/shard-I-of-N`` (see
@@ -259,9 +259,11 @@ class _SegmentWork(BatchWork):
     def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
         if not all(r.get(c) for r in rows for c in self.file_columns):
             return False  # explained with fewer methods than now
-        needs_volume = isinstance(case, Series) or len(rows) > 1
-        volume = self.previous_volumes.get(os.path.realpath(case_files(case)[0])) if needs_volume else None
-        if needs_volume and (volume is None or volume.get("sha256") != volume_digest(list(digests.values()))):
+        volume = self.previous_volumes.get(os.path.realpath(case_files(case)[0]))
+        if volume is not None:  # a volume case: its volume must be whole and made from this content
+            if volume.get("sha256") != volume_digest(list(digests.values())) or not volume.get("mask_volume"):
+                return False  # changed, or a slice failed last time (no volume written): segment it again
+        elif isinstance(case, Series) or len(rows) > 1:
             return False
         self.rows.extend(rows)
         if volume is not None:
@@ -270,6 +272,7 @@ class _SegmentWork(BatchWork):
         return True
 
     def process(self, case: Any, digests: Mapping[str, str], errors: list[tuple[str, str]]) -> None:
+        self.done += 1
         name, digest = case_name(case), volume_digest(list(digests.values()))
         try:
             volume = read_volume(case)
@@ -305,8 +308,9 @@ class _SegmentWork(BatchWork):
                                                      deidentifier=self.deidentifier))
 
     def checkpoint(self) -> None:
-        self.done += 1
-        if self.done % self.flush_every == 0:
+        # Counted over segmented cases only: the kept part of a resume rewrites nothing.
+        if self.done >= self.flush_every:
+            self.done = 0
             self._write_tables()
 
     def _write_tables(self, complete: bool = False) -> Path:

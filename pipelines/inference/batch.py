@@ -210,8 +210,8 @@ def reusable(earlier: Mapping[str, list[dict[str, Any]]], digests: Mapping[str, 
 
     Args:
         earlier: :func:`earlier_rows`.
-        digests: The case's files as this batch names them, each with its SHA-256 now (``""`` for
-            a file that could not be hashed).
+        digests: The case's files as this batch names them, each with its SHA-256 now (``""``, never
+            trusted, for a file that could not be hashed; :func:`run_batch` makes that an error first).
 
     Returns:
         The rows, file by file, their ``path`` as this batch names the file; or None: the case

@@ -136,6 +136,31 @@ def test_resume_keeps_a_finished_volume_and_a_changed_slice_redoes_it(tiny_seg_r
     assert changed.kept == 0 and changed.volumes[0]["sha256"] != first.volumes[0]["sha256"]
 
 
+def test_a_volume_with_a_failed_slice_is_segmented_again_on_resume(tiny_seg_run, bright, lgg, tmp_path, monkeypatch):
+    import medlens.pipelines.segpredict as segpredict
+
+    images, _ = lgg
+    source = tmp_path / "flair.nii.gz"
+    write_nifti(source, images[:4])
+    segment_one = segpredict._segment_one
+
+    def fail_slice_2(model, record, *args, **kwargs):
+        if record.frame == 2:
+            raise ValueError("injected failure")
+        return segment_one(model, record, *args, **kwargs)
+
+    monkeypatch.setattr(segpredict, "_segment_one", fail_slice_2)
+    first = segment_paths(tiny_seg_run, [source], tmp_path / "out", model=bright)
+    assert len(first.rows) == 3 and first.errors == [(f"{source}#2", "injected failure")]
+    assert first.volumes[0]["mask_volume"] == "" and "slice(s) 2 failed" in first.volumes[0]["note"]
+    monkeypatch.setattr(segpredict, "_segment_one", segment_one)
+    again = segment_paths(tiny_seg_run, [source], tmp_path / "out", model=bright, resume=True)
+    assert again.kept == 0 and again.errors == [] and len(again.rows) == 4
+    assert again.volumes[0]["mask_volume"] and not again.volumes[0]["note"]
+    kept = segment_paths(tiny_seg_run, [source], tmp_path / "out", model=bright, resume=True)
+    assert kept.kept == 1 and kept.volumes == [{k: str(v) for k, v in again.volumes[0].items()}]
+
+
 def test_a_series_resumed_from_another_folder_keeps_its_volume(tiny_seg_run, bright, lgg, tmp_path, monkeypatch):
     """Volumes are found again by their first file, resolved against the folder the first batch ran from."""
     images, _ = lgg

@@ -95,6 +95,14 @@ def test_segment_records_its_layout_with_every_flush_so_an_interrupted_batch_res
     volume = _rows(out / "volumes.csv")[0]
     assert volume["mask_volume"].startswith("volumes/emri_small-") and layout.outputs_present(volume, out, volume=True)
 
+    # Resuming a finished batch keeps everything and rewrites nothing until it processes a case: an
+    # interrupted resume never leaves a table that lost the rows of cases it had not reached.
+    before = (out / "segmentation.csv").read_bytes()
+    done.clear()
+    with pytest.raises(KeyboardInterrupt):
+        segment_paths(tiny_seg_run, inputs, out, resume=True, progress=interrupt_after_one, flush_every=1)
+    assert (out / "segmentation.csv").read_bytes() == before
+
 
 def test_merge_prefixes_exactly_the_columns_the_layout_names_files() -> None:
     layout = OutputLayout("predict", "predictions.csv", "predictions.json",

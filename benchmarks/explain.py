@@ -436,6 +436,16 @@ def main(argv: list[str] | None = None) -> int:
 
         _say("4/5 every method: faithfulness, ROAD, randomisation, stability, peers …")
         report["methods"] = methods_part(args.runs_dir, args.images, 1000 if not args.quick else 100, 20, args.quick)
+    if "shap" in parts and "methods" not in parts:
+        from explain_methods import SHAP_SAMPLES, demo_positives, shap_peer
+
+        _say("shap package peer only …")
+        peer = shap_peer(demo_positives(args.runs_dir, args.images), SHAP_SAMPLES if not args.quick else [50, 100], 20)
+        peer["rerun_alone"] = (f"Re-run alone (--parts shap) on {time.strftime('%Y-%m-%d')}, on the demo model as "
+                               f"{args.runs_dir} holds it then (trained anew on a new machine): medlens and shap "
+                               "share one model and images here, but its deletion AUCs do not compare with the "
+                               "table above.")
+        report.setdefault("methods", {})["shap_package"] = peer
     if "tf-keras-vis" in parts and "methods" not in parts:
         from explain_methods import tf_keras_vis_peer
 

@@ -106,27 +106,22 @@ class _PredictWork(BatchWork):
         self.digests: dict[str, str] = {}
         self.pending: list[ImageRecord] = []
         self.batches = 0
-        self.files: list[Path] = []
-        self.order: dict[str, int] = {}
+        self.files: list[Path] = []  # the cases reached, in input order
 
     def earlier(self) -> dict[str, list[dict[str, Any]]]:
         return _previous_rows(self.out, self.explain, self.layout)
 
     def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
-        self._seen(case)
+        self.files.append(case)
         return super().keep(case, rows, digests)
 
     def process(self, case: Any, digests: Mapping[str, str], errors: list[tuple[str, str]]) -> None:
-        self._seen(case)
+        self.files.append(case)
         self.digests.update(digests)
         for record in read_records([case], errors):
             self.pending.append(record)
             if len(self.pending) >= self.batch_size:
                 self._flush()
-
-    def _seen(self, path: Path) -> None:
-        self.order.setdefault(str(path), len(self.order))
-        self.files.append(path)
 
     def checkpoint(self) -> None:
         if self.batches >= self.flush_every:
@@ -163,7 +158,8 @@ class _PredictWork(BatchWork):
         self.batches += 1
 
     def _write_tables(self) -> Path:
-        rows, header, order = self.rows, self.header, self.order
+        rows, header = self.rows, self.header
+        order = {str(path): index for index, path in enumerate(self.files)}
         rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
         table = atomic_write_csv(self.out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
         _write_json(self.out, self.predictor, self.explain, self.explainer, rows, self.errors, self.layout)

@@ -35,7 +35,6 @@ same SHA-256 (content, not name) and whose outputs are still there, and segments
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
@@ -56,6 +55,7 @@ from medlens.pipelines.inference.batch import (
     case_files,
     case_name,
     earlier_rows,
+    read_summary,
     run_batch,
 )
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
@@ -91,14 +91,6 @@ def layout(columns: Sequence[str], explanation_files: Sequence[str] = ()) -> Out
     return OutputLayout("segment", "segmentation.csv", "segmentation.json", list(columns),
                         ["mask", "probability", "overlay", *explanation_files],
                         volume_columns=list(VOLUME_COLUMNS), volume_file_columns=list(VOLUME_FILE_COLUMNS))
-
-
-def _summary(out: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((out / "segmentation.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def _previous_volumes(out: Path, current: OutputLayout, summary: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -191,7 +183,7 @@ def segment_paths(
         threshold: Override the run's probability threshold.
         progress: Called with the number of files of every case finished (1, or a series' slices).
         model: Reuse an already loaded :class:`SegModel`.
-        flush_every: Rewrite ``segmentation.csv`` after this many files.
+        flush_every: Rewrite ``segmentation.csv`` after this many segmented cases (kept ones do not count).
         shard: ``(I, N)``: only shard I of N, into ``out_dir/shard-I-of-N`` (see
             :mod:`medlens.pipelines.shards`).
         expanded: ``expand_inputs(inputs)`` already computed by the caller (the CLI sizes its
@@ -252,7 +244,7 @@ class _SegmentWork(BatchWork):
         return cases
 
     def earlier(self) -> dict[str, list[dict[str, Any]]]:
-        summary = _summary(self.out)
+        summary = read_summary(self.out, self.layout)
         self.previous_volumes = _previous_volumes(self.out, self.layout, summary)
         return earlier_rows(self.out, self.layout, summary=summary)
 

@@ -34,7 +34,7 @@ from medlens.pipelines.errors import MedlensError
 from medlens.pipelines.inference.layout import OutputLayout
 from medlens.pipelines.rundir import atomic_write_csv, file_sha256
 
-__all__ = ["BatchResult", "BatchWork", "run_batch", "case_files", "earlier_rows", "reusable", "finish_batch"]
+__all__ = ["BatchResult", "BatchWork", "run_batch", "case_files", "read_summary", "earlier_rows", "reusable", "finish_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ def run_batch(work: BatchWork, files: list[Path], errors: list[tuple[str, str]],
     return BatchResult(work.out, table, errors_csv, work.rows, errors, kept, work.volumes)
 
 
-def _summary(out: Path, current: OutputLayout) -> dict[str, Any]:
+def read_summary(out: Path, current: OutputLayout) -> dict[str, Any]:
+    """An earlier batch's summary JSON in ``out`` (``current.summary``), or ``{}`` when there is none to read."""
     try:
         summary = json.loads((out / current.summary).read_text())
     except (OSError, ValueError):
@@ -187,7 +188,7 @@ def earlier_rows(out: Path, current: OutputLayout, rows: Iterable[Mapping[str, A
         summary: The earlier summary when the caller has read it already (by default read from
             the layout's summary file).
     """
-    summary = _summary(out, current) if summary is None else summary
+    summary = read_summary(out, current) if summary is None else summary
     recorded = OutputLayout.from_json(summary["layout"]) if isinstance(summary.get("layout"), dict) else current
     if rows is None:
         table = out / current.table

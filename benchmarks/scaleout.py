@@ -7,7 +7,9 @@
 2. Training steps/s of the same tiny classifier on one device, with
    ``train.distribution=mirrored`` over 2 logical CPU devices, and with
    ``train.distribution=multi_worker`` as two worker processes talking gRPC over 127.0.0.1
-   (``TF_CONFIG``), as two machines would (``history.csv`` epochs, same data).
+   (``TF_CONFIG``), as two machines would (``history.csv`` epochs, same data); then the same
+   three on the JAX backend (DataParallel over 2 host devices; two ``jax.distributed``
+   processes all-reducing through gloo).
 
 Usage (from the repository root)::
 
@@ -90,16 +92,22 @@ def main(argv: list[str] | None = None) -> int:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    for name, extra in (("one device", []), ("mirrored, 2 logical CPUs", ["train.distribution=mirrored",
-                                                                         "train.devices=2"]),
-                        ("multi_worker, 2 processes on loopback", ["train.distribution=multi_worker"])):
-        run = args.work / ("run-" + name.split()[0].strip(","))
+    jax = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    setups = [  # name, overrides, environment, processes
+        ("one device", [], {}, 1),
+        ("mirrored, 2 logical CPUs", ["train.distribution=mirrored", "train.devices=2"], {}, 1),
+        ("multi_worker, 2 processes on loopback", ["train.distribution=multi_worker"], {}, 2),
+        ("JAX, one device", [], jax, 1),
+        ("JAX mirrored (DataParallel), 2 host devices", ["train.distribution=mirrored"],
+         {**jax, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, 1),
+        ("JAX multi_worker, 2 processes on loopback", ["train.distribution=multi_worker"], jax, 2),
+    ]
+    for number, (name, extra, env, processes) in enumerate(setups):
+        run = args.work / f"run-{number}"
         command = ["train", str(args.work / "cls.yaml"), "--out", str(run), *extra]
-        if "multi_worker" in name:
-            _parallel([command, command], [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {
-                "type": "worker", "index": i}})} for i in range(2)])
-        else:
-            _run(command)
+        roles = [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+                 if processes > 1 else {} for i in range(processes)]
+        _parallel([command] * processes, [{**env, **role} for role in roles])
         import csv
 
         state = json.loads((run / "run.json").read_text())
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         report["training"][name] = {"epochs": epochs, "steps": steps, "seconds": state["train_seconds"],
                                     "steps_per_s": round(steps / state["train_seconds"], 2),
                                     "test_auc": json.loads((run / "metrics.json").read_text())["test"]["auc"]}
-    run = args.work / "run-one"
+    run = args.work / "run-0"
     _run(["train", str(args.work / "seg.yaml"), "--out", str(args.work / "seg-run")])
 
     images = str(args.work / "images")

@@ -8,7 +8,10 @@
   ``train.devices`` logical CPU devices (useful to test the set-up, and on many-core CPUs).
   JAX: ``keras.distribution.DataParallel`` over the local devices.
 - ``multi_worker``: synchronous data parallelism over several machines (or processes) with
-  TensorFlow's ``MultiWorkerMirroredStrategy``, configured from the ``TF_CONFIG`` environment
+  TensorFlow's ``MultiWorkerMirroredStrategy``, or on JAX with ``jax.distributed`` and
+  ``keras.distribution.DataParallel`` over every process's devices, each process feeding its
+  part of every global batch (:class:`~medlens.pipelines.training.phases.EvenBatches`); both
+  are configured from the ``TF_CONFIG`` environment
   variable that every worker gets (same cluster, its own ``task.index``). Every worker runs the
   same ``medlens train`` command on the same data; each reads its slice of every global batch.
   The chief (``task.type: chief``, or worker 0 when the cluster has no chief) writes the run
@@ -28,10 +31,12 @@ asked for, and ``mixed_float16`` is refused on a CPU, where it only slows traini
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -48,20 +53,42 @@ log = logging.getLogger(__name__)
 class Distribution:
     """The active strategy: a context to build and compile models in, and facts about it."""
 
-    def __init__(self, kind: str = "none", strategy: Any = None, replicas: int = 1, chief: bool = True):
+    def __init__(self, kind: str = "none", strategy: Any = None, replicas: int = 1, chief: bool = True,
+                 process: tuple[int, int] = (0, 1)):
         self.kind = kind
         self.strategy = strategy
         self.replicas = replicas
         self.chief = chief
+        #: ``(index, count)`` of the JAX processes feeding each global batch (TensorFlow shards for itself).
+        self.process = process
 
     def scope(self) -> Any:
         """Build, load and compile models inside this."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def release(self) -> None:
-        """Stop distributing new models (JAX's distribution is global); TF strategies are scoped."""
+        """Stop distributing new models (JAX's distribution is global); TF strategies are scoped.
+
+        JAX processes of a ``multi_worker`` run also leave the cluster together here, once training
+        is over, so that the chief can evaluate alone while the others exit.
+        """
         if keras.backend.backend() == "jax" and self.kind != "none":
             keras.distribution.set_distribution(None)
+            if self.process[1] > 1:
+                import jax
+
+                jax.distributed.shutdown()
+                self.process = (0, 1)
+
+    def abandon(self) -> None:
+        """After a lost worker: end this process at exit without leaving the cluster in order.
+
+        JAX's shutdown at exit would wait for the lost process (about a minute) and then abort with a
+        C++ stack trace; this process exits with status 2 instead, after what it has printed.
+        TensorFlow needs nothing.
+        """
+        if keras.backend.backend() == "jax" and self.process[1] > 1:
+            atexit.register(_leave, 2)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "replicas": self.replicas, "chief": self.chief,
@@ -101,15 +128,23 @@ def setup_distribution(kind: str, *, devices: int = 0, mixed_precision: str = "n
     if kind == "none":
         return Distribution()
     if backend == "jax":
-        if kind != "mirrored":
-            raise ConfigError(f"train.distribution={kind} needs the TensorFlow backend (MultiWorkerMirroredStrategy); "
-                              "on JAX it can be none or mirrored (DataParallel over the local devices)")
         import jax
 
-        local = jax.devices()
-        distribution = keras.distribution.DataParallel(devices=local)
-        keras.distribution.set_distribution(distribution)
-        return Distribution("mirrored", None, len(local))
+        if kind not in ("mirrored", "multi_worker"):
+            raise ConfigError(f"train.distribution must be none, mirrored or multi_worker, got {kind!r}")
+        process = (0, 1)
+        if kind == "multi_worker":
+            role = role or worker_role(kind)
+            _join_jax(role, join_timeout)
+            process = (role.index, role.workers)
+        devices = jax.devices()  # every process's devices once the cluster has formed
+        # medlens's datasets are Python ones; each process keeps its part of a batch (EvenBatches).
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+        if kind == "multi_worker":
+            log.info("JAX process %d of %d (%s); %d devices in all", role.index, role.workers,
+                     "chief" if role.chief else "not chief", len(devices))
+            return Distribution(kind, None, len(devices), chief=role.chief, process=process)
+        return Distribution(kind, None, len(devices))
     if backend != "tensorflow":
         raise ConfigError(f"train.distribution={kind} needs the tensorflow or jax backend, not {backend}")
     import tensorflow as tf
@@ -134,6 +169,20 @@ def setup_distribution(kind: str, *, devices: int = 0, mixed_precision: str = "n
                  "chief" if role.chief else "not chief", strategy.num_replicas_in_sync)
         return Distribution("multi_worker", strategy, strategy.num_replicas_in_sync, chief=role.chief)
     raise ConfigError(f"train.distribution must be none, mirrored or multi_worker, got {kind!r}")
+
+
+def _join_jax(role: WorkerRole, join_timeout: float) -> None:
+    """Form the JAX cluster: process ``role.index`` of ``role.workers``, the first address coordinating.
+
+    ``keras.distribution.initialize`` does the same but cannot pass a time limit; JAX's own limit
+    is set past ``join_timeout`` so that the watchdog's one-line message comes first. JAX on CPUs
+    all-reduces through gloo (its default since 0.4.3x), so this works on CPU-only machines too.
+    """
+    import jax
+
+    with _JoinWatchdog(join_timeout, role):
+        jax.distributed.initialize(coordinator_address=role.addresses[0], num_processes=role.workers,
+                                   process_id=role.index, initialization_timeout=int(join_timeout) + 60)
 
 
 class WorkerRole:
@@ -184,6 +233,15 @@ class _JoinWatchdog:
 
 def cluster_failure(exc: BaseException, run_dir: Any) -> ClusterError | None:
     """The one-line error for a worker that left a multi-worker run mid-way (None: not that kind of error)."""
+    detail = _jax_peer_lost(exc) if keras.backend.backend() == "jax" else _tf_peer_lost(exc)
+    if detail is None:
+        return None
+    return ClusterError(f"train.distribution=multi_worker stopped: a worker left the cluster ({detail}). The last finished "
+                        f"epoch is checkpointed in {run_dir}; start every worker again with "
+                        f"`medlens train --resume {run_dir}`")
+
+
+def _tf_peer_lost(exc: BaseException) -> str | None:
     import tensorflow as tf
 
     if not isinstance(exc, (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
@@ -192,13 +250,28 @@ def cluster_failure(exc: BaseException, run_dir: Any) -> ClusterError | None:
     text = getattr(exc, "message", str(exc))
     lost = sorted({line.strip() for line in text.splitlines() if line.strip().startswith("/job:")})
     if lost:
-        detail = f"no heartbeat from {', '.join(lost)}"
-    else:
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        detail = first.split("aborted by:", 1)[-1].strip()[:200]
-    return ClusterError(f"train.distribution=multi_worker stopped: a worker left the cluster ({detail}). The last finished "
-                        f"epoch is checkpointed in {run_dir}; start every worker again with "
-                        f"`medlens train --resume {run_dir}`")
+        return f"no heartbeat from {', '.join(lost)}"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first.split("aborted by:", 1)[-1].strip()[:200]
+
+
+# What JAX raises when a peer is gone: gloo's collectives fail ("Gloo AllReduce failed: [...pair.cc:547]
+# Connection closed by peer [127.0.0.1]:10663"), or the coordination service stops answering.
+_JAX_LOST = re.compile(r"Gloo \w+ failed:\s*(?:\[[^\]]*\]\s*)?(?P<gloo>[^\n]+)|(?P<service>Task \d+ heartbeat timeout"
+                       r"|coordination service has shut down)")
+
+
+def _jax_peer_lost(exc: BaseException) -> str | None:
+    if not isinstance(exc, (ValueError, RuntimeError)):
+        return None
+    found = _JAX_LOST.search(str(exc))
+    return None if found is None else (found["gloo"] or found["service"]).strip()[:200]
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker_role(kind: str, environ: Any = None) -> WorkerRole:
@@ -206,16 +279,17 @@ def worker_role(kind: str, environ: Any = None) -> WorkerRole:
 
     ``TF_CONFIG`` is JSON: ``{"cluster": {"worker": ["host:port", ...], "chief": [...]?},
     "task": {"type": "worker", "index": 0}}``. The chief writes the run; without a ``chief``
-    entry, worker 0 is the chief.
+    entry, worker 0 is the chief. The JAX backend reads the same variable: process ``i`` is the
+    ``i``-th address (chief first), and the first address is JAX's coordinator.
 
     Raises:
         ConfigError: ``TF_CONFIG`` missing, not JSON, or not naming this task in its cluster.
     """
     if kind != "multi_worker":
         return WorkerRole()
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError(f"train.distribution=multi_worker needs the TensorFlow backend "
-                          f"(MultiWorkerMirroredStrategy), not {keras.backend.backend()}; on one machine use mirrored")
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        raise ConfigError(f"train.distribution=multi_worker needs the TensorFlow or JAX backend, "
+                          f"not {keras.backend.backend()}; on one machine use mirrored")
     raw = (os.environ if environ is None else environ).get("TF_CONFIG", "")
     where = "TF_CONFIG (the environment variable train.distribution=multi_worker reads its cluster from)"
     if not raw.strip():

@@ -120,10 +120,10 @@ def train_segmentation(
     from medlens.pipelines.distribute import Distribution
     from medlens.pipelines.training.callbacks import restore_rng_state, save_model
     from medlens.pipelines.training.phases import (
-        EvenBatches,
         TrainResult,
         build_optimizer,
         reload_outside,
+        replica_batches,
         run_phases,
         worker_result,
     )
@@ -142,8 +142,7 @@ def train_segmentation(
     kwargs.update(augment="none")
     val_data = SegmentationSequence(dataset.splits["val"], **kwargs, preprocess=preprocess, seed=cfg.seed + 1,
                                     shuffle=False)
-    if distribution.replicas > 1:
-        train_data, val_data = EvenBatches(train_data, distribution.replicas), EvenBatches(val_data, distribution.replicas)
+    train_data, val_data = replica_batches(distribution, train_data, val_data)
     with distribution.scope():
         if resume_state is not None:
             model = keras.saving.load_model(run.checkpoints / resume_state["checkpoint"])

@@ -38,10 +38,10 @@ from medlens.pipelines.rundir import RunDir
 from medlens.pipelines.tasks import task_named
 from medlens.pipelines.training.callbacks import restore_rng_state, save_model
 from medlens.pipelines.training.phases import (
-    EvenBatches,
     TrainResult,
     compile_phase,
     reload_outside,
+    replica_batches,
     run_phases,
     set_trainable,
     worker_result,
@@ -165,6 +165,7 @@ def train(
             failure = cluster_failure(exc, run_dir) if distribution.kind == "multi_worker" else None
             if failure is None:
                 raise
+            distribution.abandon()
             raise failure from None
     finally:
         if scratch is not None:
@@ -235,8 +236,7 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
             model = task.build_model(cfg, num_classes)
     sequences = build_sequences(cfg, dataset, preprocess_function(backbone_name))
     train_data, val_data = sequences["train"], sequences["val"]
-    if distribution.replicas > 1:
-        train_data, val_data = EvenBatches(train_data, distribution.replicas), EvenBatches(val_data, distribution.replicas)
+    train_data, val_data = replica_batches(distribution, train_data, val_data)
     weights = task.class_weight(cfg, dataset)
     objectives = task.objectives(cfg, dataset)
     pretrained = str(cfg.model.weights).lower() not in ("none", "")

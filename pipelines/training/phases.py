@@ -19,10 +19,11 @@ import keras
 from medlens.models.classifier import freeze_backbone, unfreeze_all, unfreeze_top_blocks
 from medlens.pipelines.config import PhaseConfig, RunConfig, SegRunConfig
 from medlens.pipelines.distribute import Distribution
+from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.rundir import RunDir
 from medlens.pipelines.training.callbacks import EpochSync, HistoryWriter, OnWholeModel, PhaseController
 
-__all__ = ["TrainResult", "build_optimizer", "compile_phase", "set_trainable", "run_phases", "EvenBatches",
+__all__ = ["TrainResult", "build_optimizer", "compile_phase", "set_trainable", "run_phases", "EvenBatches", "replica_batches",
            "reload_outside", "worker_result"]
 
 log = logging.getLogger(__name__)
@@ -162,26 +163,46 @@ def worker_result(distribution: Distribution, run: RunDir, state: dict[str, Any]
     """For a worker that is not the chief, the end of training: the chief evaluates and writes the run."""
     if distribution.chief:
         return None
+    distribution.release()
     return TrainResult(run.root, {}, int(state.get("epochs_done", 0)), time.time() - started)
 
 
+def replica_batches(distribution: Distribution, *datasets: Any) -> tuple[Any, ...]:
+    """The training and validation data as ``distribution`` needs them (see :class:`EvenBatches`)."""
+    if distribution.replicas == 1:
+        return datasets
+    return tuple(EvenBatches(d, distribution.replicas, distribution.process) for d in datasets)
+
+
 class EvenBatches(keras.utils.PyDataset):
-    """A dataset whose last batch splits evenly across replicas (a remainder batch is dropped).
+    """A dataset whose batches split evenly across replicas (a remainder batch is dropped).
 
     TensorFlow's strategies split each batch across replicas, and a last batch of one image
     leaves a replica an empty batch, which BatchNorm cannot take; JAX's DataParallel needs
     every batch divisible by the device count. Only used when training on several replicas
     (evaluation runs on one device, with every image).
+
+    On JAX with several processes (``multi_worker``), each process feeds only its own part of
+    every global batch: ``process = (index, count)`` keeps rows ``index * n / count`` up to
+    ``(index + 1) * n / count`` of each array, the split TensorFlow's multi-worker strategy makes.
+
+    Raises:
+        ConfigError: on JAX, a batch size that does not split evenly over the devices.
     """
 
-    def __init__(self, dataset: Any, replicas: int):
+    def __init__(self, dataset: Any, replicas: int, process: tuple[int, int] = (0, 1)):
         super().__init__()
         self.dataset = dataset
+        self.index, self.processes = process
         self.length = len(dataset)
+        jax = keras.backend.backend() == "jax"
+        if jax and self.length and len(dataset[0][0]) % replicas:
+            raise ConfigError(f"batches of {len(dataset[0][0])} images do not split evenly over the {replicas} JAX "
+                              f"devices of train.distribution; make data.batch_size a multiple of {replicas}")
         if self.length > 1:
             last = len(dataset[self.length - 1][0])
             # JAX shards every batch evenly over devices; TensorFlow only needs one image per replica.
-            uneven = last % replicas if keras.backend.backend() == "jax" else last < replicas
+            uneven = last % replicas if jax else last < replicas
             if uneven:
                 self.length -= 1
 
@@ -189,7 +210,12 @@ class EvenBatches(keras.utils.PyDataset):
         return self.length
 
     def __getitem__(self, index: int) -> Any:
-        return self.dataset[index]
+        batch = self.dataset[index]
+        if self.processes == 1:
+            return batch
+        rows = len(batch[0]) // self.processes
+        part = slice(self.index * rows, (self.index + 1) * rows)
+        return keras.tree.map_structure(lambda array: array[part], batch)
 
     def on_epoch_end(self) -> None:
         self.dataset.on_epoch_end()

@@ -137,7 +137,7 @@ def train_segmentation(
             raise ConfigError(f"segmentation dataset has no {split!r} split; set data.val_fraction/test_fraction "
                               "above 0 or give splits")
     preprocess = encoder_preprocess(cfg.model.backbone)
-    kwargs = cfg.data.sequence_kwargs()
+    kwargs = {**cfg.data.sequence_kwargs(), **cfg.train.loader_kwargs()}
     train_data = SegmentationSequence(dataset.splits["train"], **kwargs, preprocess=preprocess, seed=cfg.seed)
     kwargs.update(augment="none")
     val_data = SegmentationSequence(dataset.splits["val"], **kwargs, preprocess=preprocess, seed=cfg.seed + 1,

@@ -86,6 +86,7 @@ def build_sequences(cfg: RunConfig, dataset: Dataset, preprocess: Callable[[np.n
             balanced=training and cfg.data.balanced_sampling,
             seed=cfg.seed,
             cache=cfg.data.cache,
+            **(cfg.train.loader_kwargs() if split in ("train", "val") else {}),
         )
     return sequences
 

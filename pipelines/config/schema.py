@@ -118,7 +118,10 @@ class TrainConfig:
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
     tensorboard: bool = False
+    # Batches loaded (read, resize, augment, preprocess) in parallel with training: threads by
+    # default (decoding and OpenCV release the GIL), processes with use_multiprocessing.
     workers: int = 1
+    use_multiprocessing: bool = False
     distribution: str = "none"
     devices: int = 0
     scale_learning_rate: bool = False
@@ -128,6 +131,10 @@ class TrainConfig:
     # their cached activations (in memory up to frozen_cache_mb, else on disk).
     frozen_cache: bool = True
     frozen_cache_mb: int = 2048
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """``PyDataset`` arguments of the training and validation batches."""
+        return {"workers": self.workers, "use_multiprocessing": self.use_multiprocessing}
 
 
 @dataclass

@@ -65,6 +65,9 @@ def _check_train(train: TrainConfig) -> None:
         raise ConfigError("epochs must be >= 0")
     if train.phase1.epochs + train.phase2.epochs == 0:
         raise ConfigError("train.phase1.epochs + train.phase2.epochs must be at least 1")
+    if isinstance(train.workers, bool) or not isinstance(train.workers, int) or train.workers < 1:
+        raise ConfigError(f"config key 'train.workers' must be a whole number of loading workers, 1 or more, "
+                          f"got {train.workers!r}")
     if train.join_timeout <= 0:
         raise ConfigError(f"config key 'train.join_timeout' must be a number of seconds above 0, got {train.join_timeout}")
 

@@ -191,7 +191,9 @@ class EvenBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, dataset: Any, replicas: int, process: tuple[int, int] = (0, 1)):
-        super().__init__()
+        # Keras reads the loading workers from the dataset it is given: this one.
+        super().__init__(workers=getattr(dataset, "workers", 1),
+                         use_multiprocessing=getattr(dataset, "use_multiprocessing", False))
         self.dataset = dataset
         self.index, self.processes = process
         self.length = len(dataset)

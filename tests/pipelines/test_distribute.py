@@ -58,6 +58,8 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(phantom_dir, tmp_path):
 def test_distribution_options_are_validated():
     with pytest.raises(ConfigError, match="train.distribution"):
         load_config({"train": {"distribution": "horovod"}})
+    with pytest.raises(ConfigError, match="'train.workers' must be a whole number of loading workers, 1 or more"):
+        load_config({"train": {"workers": 0}})
     with pytest.raises(ConfigError, match="mixed_float16 needs a GPU"):
         setup_distribution("none", mixed_precision="mixed_float16")
     assert setup_distribution("none").replicas == 1

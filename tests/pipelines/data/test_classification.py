@@ -435,6 +435,35 @@ def test_sequence_augmentation_deterministic() -> None:
     assert not np.array_equal(a[0][0], xa)
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
+def test_loader_workers_serve_the_in_process_batches_of_each_epoch(processes: bool) -> None:
+    # train.workers / train.use_multiprocessing: Keras's loader (the adapter fit uses) runs __getitem__
+    # in 3 threads or 3 worker processes, which start after fit's callbacks pinned the epoch. Their
+    # batches, shuffled and augmented, are those of one in-process sequence at the same epoch.
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    rng = np.random.default_rng(0)
+    source = ArraySource(rng.integers(0, 256, (24, 20, 20), dtype=np.uint8), [0, 1] * 12)
+
+    def sequence(**loader: object) -> ClassificationSequence:
+        return ClassificationSequence(source, (16, 16), 5, None, 2, augment="xray", shuffle=True, seed=3, **loader)
+
+    served, reference = sequence(workers=3, use_multiprocessing=processes), sequence()
+    adapter = PyDatasetAdapter(served)
+    for epoch in (0, 2):  # epoch 2 as a resumed run starts it, the order drawn afresh
+        served.set_epoch(epoch)  # what EpochSync does in on_epoch_begin, before the loader starts
+        reference.set_epoch(epoch)
+        adapter.on_epoch_begin()
+        batches = list(adapter.get_numpy_iterator())
+        adapter.on_epoch_end()
+        assert len(batches) == len(reference) == 5
+        for index, (x, y) in enumerate(batches):
+            expected_x, expected_y = reference[index]
+            np.testing.assert_array_equal(x, expected_x)
+            np.testing.assert_array_equal(y, expected_y)
+    assert not np.array_equal(batches[0][0], sequence()[0][0])  # epoch 2 is not epoch 0 again
+
+
 def test_sequence_file_source_with_cache(tmp_path: Path) -> None:
     paths = [_write_png(tmp_path / f"{i}.png", i, size=20, channels=3) for i in range(5)]
     source = FileSource(paths, [0, 1, 0, 1, 1])

@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs a phase; writes transfer_quick.*")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other datasets' entries of an existing result file (same seeds)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     weights = hed_weights()
@@ -255,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             entry["cache_speed"] = _cache_speed(key, weights, args.runs_dir)
         report["datasets"][key] = entry
     name = "transfer_quick" if args.quick else "transfer"
+    existing = args.out / f"{name}.json"
+    if args.merge and existing.is_file():
+        old = json.loads(existing.read_text())
+        if old.get("seeds") != seeds:
+            parser.error(f"--merge: {existing} has seeds {old.get('seeds')}, not {seeds}")
+        report["datasets"] = {**old["datasets"], **report["datasets"]}
     write_json(args.out / f"{name}.json", report)
     write_atomic(args.out / f"{name}.md", _markdown(report))
     _say((args.out / f"{name}.md").read_text())

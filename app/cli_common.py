@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -40,6 +41,10 @@ def quiet_backend() -> None:
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()
+            elif importlib.util.find_spec("tensorflow") is not None:
+                # On JAX or torch, Keras still imports an installed TensorFlow (set_random_seed, saving a
+                # .keras file), and its oneDNN/CUDA notices came out mid-training: take them here.
+                import tensorflow  # noqa: F401
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)

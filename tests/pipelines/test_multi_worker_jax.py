@@ -32,6 +32,8 @@ def test_jax_multi_process_on_loopback_matches_data_parallel_and_resumes(phantom
                            "train.distribution=mirrored"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **JAX, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+    for marker in ("oneDNN", "cuInit", "cudart", "I0000"):  # Keras's own TensorFlow import stays quiet on JAX too
+        assert marker not in done.stderr, done.stderr[-2000:]
     state = json.loads((tmp_path / "jax" / "run.json").read_text())
     assert state["keras_backend"] == "jax"
     assert state["distribution"] == {"kind": "mirrored", "replicas": 2, "chief": True, "backend": "jax"}

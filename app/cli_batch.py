@@ -56,10 +56,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     print(f"{len(result.rows)} image(s) segmented → {result.table}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if result.volumes:
-        print(f"{len(result.volumes)} volume(s) → {result.out_dir / 'volumes.csv'} (NIfTI masks; DICOM SEG for DICOM)")
+        print(f"{len(result.volumes)} volume(s) → {result.out_dir / 'volumes.csv'} "
+              "(NIfTI masks; DICOM SEG and a volume report for DICOM)")
     _write_mapping(args, deidentifier, out)
     if args.to_pacs:
-        segs = [result.out_dir / v["seg"] for v in result.volumes if v.get("seg")]
+        segs = [result.out_dir / v[c] for v in result.volumes for c in ("seg", "report") if v.get(c)]
         if segs:
             push_outputs(args.to_pacs, segs)
         else:

@@ -204,7 +204,8 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
                     "foreground_voxels": volume.get("foreground_voxels", ""),
                     "foreground_ml": volume.get("foreground_ml", ""), "note": volume.get("note", ""),
                     "mask_nifti_base64": b64(out / volume["mask_volume"]) if volume.get("mask_volume") else None,
-                    "seg_dicom_base64": b64(out / volume["seg"]) if volume.get("seg") else None}
+                    "seg_dicom_base64": b64(out / volume["seg"]) if volume.get("seg") else None,
+                    "report_dicom_base64": b64(out / volume["report"]) if volume.get("report") else None}
             if zipped and result.errors:
                 reply["skipped"] = len(result.errors)  # files of the zip that were not DICOM slices
             reply.update(seconds=round(time.perf_counter() - started, 3),

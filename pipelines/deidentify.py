@@ -1,6 +1,6 @@
 """De-identification of the DICOM objects medlens writes: the PS3.15 Basic Application Level Confidentiality Profile.
 
-``--deidentify`` on ``segment`` and ``predict``/``explain --dicom`` applies, to every SEG and
+``--deidentify`` on ``segment`` and ``predict``/``explain --dicom`` applies, to every SEG, volume report (SR) and
 Secondary Capture before it is written:
 
 - **patient**: Patient's Name and Patient ID → one pseudonym per patient (``ANON-`` + 10 hex

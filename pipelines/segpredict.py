@@ -16,7 +16,8 @@ written under the output folder:
 - for each **volume** (a NIfTI volume, a multi-frame DICOM, or a DICOM series: single-frame
   files of one series, ordered by position, see :mod:`medlens.pipelines.volumes`):
   ``volumes/NAME-HASH.nii.gz`` (the label map on the input's voxel grid), for DICOM input
-  ``volumes/NAME-HASH.seg.dcm`` (a DICOM SEG referencing every source instance), with
+  ``volumes/NAME-HASH.seg.dcm`` (a DICOM SEG referencing every source instance) and
+  ``volumes/NAME-HASH.sr.dcm`` (a TID 1500 measurement report of each segment's volume), with
   ``probability_volumes`` ``volumes/NAME-HASH.probability.nii.gz``; one row each in
   ``volumes.csv`` (:data:`VOLUME_COLUMNS`);
 - ``segmentation.csv``: ``path, frame, sha256, mask, probability, overlay,
@@ -81,9 +82,9 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["path", "frame", "sha256", "mask", "probability", "overlay", "foreground_fraction",
            "foreground_pixels", "components", "largest_component", "seconds"]
-VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg",
+VOLUME_COLUMNS = ["path", "kind", "sha256", "first_file", "slices", "shape", "mask_volume", "seg", "report",
                   "probability_volume", "foreground_voxels", "foreground_ml", "slices_with_foreground", "note"]
-VOLUME_FILE_COLUMNS = ["mask_volume", "seg", "probability_volume"]
+VOLUME_FILE_COLUMNS = ["mask_volume", "seg", "report", "probability_volume"]
 
 
 def layout(columns: Sequence[str], explanation_files: Sequence[str] = ()) -> OutputLayout:
@@ -135,9 +136,12 @@ def write_volume_outputs(volume: Volume, slices: list[tuple[np.ndarray, np.ndarr
         name = str(model.state.get("name") or model.run.root.name)
         labels = [name] if model.num_classes <= 1 else [f"{name} class {k}" for k in range(1, model.num_classes)]
         try:
-            row["seg"] = write_dicom_seg(volume, masks, out / "volumes" / f"{stem}.seg.dcm", labels=labels,
-                                         model_name=name, identity=model.run.identity(),
-                                         deidentifier=deidentifier).relative_to(out).as_posix()
+            written = write_dicom_seg(volume, masks, out / "volumes" / f"{stem}.seg.dcm", labels=labels,
+                                      model_name=name, identity=model.run.identity(), deidentifier=deidentifier,
+                                      report=out / "volumes" / f"{stem}.sr.dcm")
+            row["seg"] = written.seg.relative_to(out).as_posix()
+            row["report"] = written.report.relative_to(out).as_posix() if written.report else ""
+            row["note"] = written.note
         except MedlensError as exc:
             row["note"] = str(exc).split(": ", 1)[-1]
             log.warning("%s", exc)

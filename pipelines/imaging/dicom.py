@@ -56,7 +56,10 @@ def _open_dicom(path: Path) -> Any:
 _NOT_IMAGES = {"1.2.840.10008.5.1.4.1.1.66.4": "a DICOM Segmentation (SEG)",
                "1.2.840.10008.5.1.4.1.1.66.5": "a DICOM Surface Segmentation",
                "1.2.840.10008.5.1.4.1.1.30": "a DICOM Parametric Map",
-               "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set"}
+               "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set",
+               "1.2.840.10008.5.1.4.1.1.88.22": "a DICOM Structured Report (SR)",
+               "1.2.840.10008.5.1.4.1.1.88.33": "a DICOM Structured Report (SR)",
+               "1.2.840.10008.5.1.4.1.1.88.34": "a DICOM Structured Report (SR)"}
 
 
 def _decode_dicom(path: Path, dataset: Any) -> np.ndarray:

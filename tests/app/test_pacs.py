@@ -56,7 +56,7 @@ def test_segment_from_pacs_to_pacs_files_a_seg_with_the_study(pacs, study, tiny_
     assert main(["segment", str(tiny_seg_run), "--from-pacs", pacs.dicomweb, "--study", uid,
                  "--to-pacs", pacs.dicomweb, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "pulled 8 image instance(s)" in printed and "1 volume(s)" in printed and "1 instance(s) stored" in printed
+    assert "pulled 8 image instance(s)" in printed and "1 volume(s)" in printed and "2 instance(s) stored" in printed
     volume = next(csv.DictReader((out / "volumes.csv").open()))
     assert volume["kind"] == "dicom-series" and volume["slices"] == "8"
 
@@ -66,7 +66,7 @@ def test_segment_from_pacs_to_pacs_files_a_seg_with_the_study(pacs, study, tiny_
     client = DICOMwebClient(pacs.dicomweb, session=session)
     series = client.search_for_series(study_instance_uid=uid)
     modalities = sorted(s["00080060"]["Value"][0] for s in series)
-    assert modalities == ["MR", "SEG"]
+    assert modalities == ["MR", "SEG", "SR"]
     seg_series = next(s["0020000E"]["Value"][0] for s in series if s["00080060"]["Value"][0] == "SEG")
     (stored,) = client.retrieve_series(uid, seg_series)
     seg = hd.seg.Segmentation.from_dataset(stored)
@@ -75,12 +75,16 @@ def test_segment_from_pacs_to_pacs_files_a_seg_with_the_study(pacs, study, tiny_
     assert {s for _, _, s in seg.get_source_image_uids()} == sources
     local = hd.seg.segread(out / volume["seg"])
     np.testing.assert_array_equal(seg.get_volume().array, local.get_volume().array)
+    sr_series = next(s["0020000E"]["Value"][0] for s in series if s["00080060"]["Value"][0] == "SR")
+    (report,) = client.retrieve_series(uid, sr_series)  # the volume report, measuring the stored SEG's segment
+    (group,) = hd.sr.Comprehensive3DSR.from_dataset(report).content.get_volumetric_roi_measurement_groups()
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
 
     # A re-run into a new folder derives the same UIDs: the PACS gets no duplicate.
     assert main(["segment", str(tiny_seg_run), "--from-pacs", pacs.dicomweb, "--study", uid,
                  "--to-pacs", pacs.dicomweb, "--out", str(tmp_path / "again")]) == 0
-    assert "0 instance(s) stored, 1 already there" in capsys.readouterr().out
-    assert len(pacs.instances(uid)) == 9
+    assert "0 instance(s) stored, 2 already there" in capsys.readouterr().out
+    assert len(pacs.instances(uid)) == 10
     # --resume into the same folder pulls again and keeps every unchanged slice.
     assert main(["segment", str(tiny_seg_run), "--from-pacs", pacs.dicomweb, "--study", uid, "--out", str(out),
                  "--resume"]) == 0

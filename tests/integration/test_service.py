@@ -244,6 +244,9 @@ def test_segment_service_takes_a_volume_and_a_zipped_series(tiny_seg_run, shared
         assert body["volume"]["kind"] == "dicom-series" and body["volume"]["slices"] == 4 and body["skipped"] == 1
         seg = pydicom.dcmread(io.BytesIO(base64.b64decode(body["volume"]["seg_dicom_base64"])))
         assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+        report = pydicom.dcmread(io.BytesIO(base64.b64decode(body["volume"]["report_dicom_base64"])))
+        assert report.Modality == "SR" and report.StudyInstanceUID == seg.StudyInstanceUID
+        assert report.CurrentRequestedProcedureEvidenceSequence  # it names the SEG and slices it measures
         assert not list(tmp_path.parent.glob("escape-*")) and not list(Path("/tmp").glob("escape-*"))
 
         reply = client.post("/segment", files={"file": ("bad.zip", b"PK\x03\x04 truncated")})

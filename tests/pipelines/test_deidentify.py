@@ -53,6 +53,16 @@ def test_segment_deidentifies_the_seg_and_keeps_the_mapping_apart(tiny_seg_run, 
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
     assert referenced == {mapping[("UID", s.SOPInstanceUID)] for s in sources}
     assert dciodvfy_errors(seg_path) == []
+    # The volume report: the same pseudonym and study, and it still points at the (de-identified) SEG.
+    (report_path,) = (out / "volumes").glob("*.sr.dcm")
+    report = hd.sr.srread(report_path)
+    assert report.PatientID == pseudonym == str(report.PatientName) and report.PatientIdentityRemoved == "YES"
+    assert report.StudyInstanceUID == seg.StudyInstanceUID
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert {s.referenced_sop_instance_uid for s in group.referenced_segment.source_images_for_segmentation} == \
+        referenced
+    assert dciodvfy_errors(report_path) == []
     _no_source_identity(out, sources[0])
     assert not list(out.rglob("*deidentify-map*"))  # the mapping is never inside the shared folder
 

@@ -24,6 +24,7 @@ from medlens.pipelines.segpredict import segment_paths
 from medlens.pipelines.volumes import group_series
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_nifti_volume_in_nifti_mask_out_on_the_same_grid(tiny_seg_run, bright, l
     p = np.asarray(probability.dataobj)
     assert 0 <= p.min() and p.max() <= 1 and p[data > 0].mean() > 0.5 > p[data == 0].mean()
     assert not (out / "volumes" / "flair.seg.dcm").exists() and volume["seg"] == ""  # not DICOM input
+    assert volume["report"] == "" and not list((out / "volumes").glob("*.sr.dcm"))
 
 
 def test_dicom_series_is_one_case_and_its_seg_references_every_source_slice(tiny_seg_run, bright, lgg, tmp_path):
@@ -107,9 +109,31 @@ def test_dicom_series_is_one_case_and_its_seg_references_every_source_slice(tiny
                                                   segment_numbers=[1])[0, ..., 0]
         np.testing.assert_array_equal(frame, _png(out, by_file[f.name]))
     assert dciodvfy_errors(out / volume["seg"]) == []
+
+    # The TID 1500 report measures the SEG's segment: its volume is the mask's voxels × the voxel size.
+    report = hd.sr.srread(out / volume["report"])
+    assert report.Modality == "SR" and report.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert report.StudyInstanceUID == seg.StudyInstanceUID and report.PatientID == seg.PatientID
+    assert len({report.SeriesInstanceUID, seg.SeriesInstanceUID, sources[0].SeriesInstanceUID}) == 3
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    assert group.tracking_identifier.startswith("segment 1: ")
+    referenced = group.referenced_segment
+    assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID and referenced.referenced_segment_numbers == [1]
+    assert {s.referenced_sop_instance_uid for s in referenced.source_images_for_segmentation} == \
+        {s.SOPInstanceUID for s in sources}
+    (measurement,) = group.get_measurements()
+    assert measurement.name.meaning == "Volume" and measurement.unit.value == "mm3"
+    masks = sum(int(_png(out, by_file[f.name]).sum()) for f in files)
+    assert masks > 0 and volume["foreground_voxels"] == masks
+    # The same volume as volumes.csv (millilitres to 4 decimals: ±0.05 mm³; the report has 3 decimals) and,
+    # as the slice positions are written to 4 decimals (±5e-5 mm over a 35 mm stack), the nominal voxel size.
+    assert measurement.value == pytest.approx(float(volume["foreground_ml"]) * 1000, abs=0.05 + 5e-4)
+    assert measurement.value == pytest.approx(masks * 0.9375 * 0.9375 * 5.0, rel=1e-5)
+    assert dciodvfy_errors(out / volume["report"]) == []
     # A result fed back as an input is named as what it is, not segmented as a 1-frame "image".
-    again = segment_paths(tiny_seg_run, [out / volume["seg"]], tmp_path / "again", model=bright)
+    again = segment_paths(tiny_seg_run, [out / volume["seg"], out / volume["report"]], tmp_path / "again", model=bright)
     assert again.rows == [] and "is a DICOM Segmentation (SEG), not an image" in again.errors[0][1]
+    assert "is a DICOM Structured Report (SR), not an image" in again.errors[1][1]
 
     mask = nibabel.load(out / volume["mask_volume"])
     data = np.asarray(mask.dataobj)
@@ -201,8 +225,9 @@ def test_multiframe_dicom_is_one_volume(tiny_seg_run, bright, shared_data, tmp_p
     for row in result.rows:
         np.testing.assert_array_equal(data[:, :, int(row["frame"])].T, _png(result.out_dir, row))
     assert volume["foreground_ml"] == ""  # no geometry: no physical volume is claimed
-    if not volume["seg"]:
-        assert "DICOM SEG" in volume["note"]
+    # No frame of reference either: no SEG (nor a report of one), and the note says why.
+    assert volume["seg"] == volume["report"] == "" and "cannot make a DICOM SEG" in volume["note"]
+    assert "Frame of Reference" in volume["note"]
 
 
 def test_cli_segments_a_volume_and_writes_volumes_csv(tiny_seg_run, lgg, tmp_path, capsys):

@@ -83,7 +83,7 @@ def test_segment_records_its_layout_with_every_flush_so_an_interrupted_batch_res
     assert summary["complete"] is False and summary["images"] == 1
     layout = read_layout(out)
     assert layout.command == "segment" and layout.file_columns == ["mask", "probability", "overlay"]
-    assert layout.volume_file_columns == ["mask_volume", "seg", "probability_volume"]
+    assert layout.volume_file_columns == ["mask_volume", "seg", "report", "probability_volume"]
 
     result = segment_paths(tiny_seg_run, inputs, out, resume=True)
     assert result.kept == 1 and len(result.rows) == 12

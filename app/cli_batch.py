@@ -139,15 +139,20 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         print(f"explanations ({', '.join(explain.methods)}) → {result.out_dir / 'explanations'}")
         _print_explanation_summary(result.rows, explain)
     if getattr(args, "dicom", False):
-        from medlens.app.dicom_export import export_overlays
+        from medlens.app.dicom_export import export_overlays, export_reports
         from medlens.pipelines.rundir import RunDir
 
+        identity = RunDir(args.run).identity()
         written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets,
-                                  identity=RunDir(args.run).identity(), deidentifier=deidentifier)
+                                  identity=identity, deidentifier=deidentifier)
+        reports = export_reports(result.out_dir, result.rows, predictor.row_findings, identity=identity,
+                                 model_name=str(predictor.state.get("name") or Path(args.run).name),
+                                 deidentifier=deidentifier)
         _write_mapping(args, deidentifier, result.out_dir)
-        print(f"{len(written)} DICOM Secondary Capture(s) in the source studies → {result.out_dir / 'dicom'}")
-        if args.to_pacs and written:
-            push_outputs(args.to_pacs, written)
+        print(f"{len(written)} DICOM Secondary Capture(s) and {len(reports)} findings report(s) (SR) in the source "
+              f"studies → {result.out_dir / 'dicom'}")
+        if args.to_pacs and (written or reports):
+            push_outputs(args.to_pacs, [*written, *reports])
     _maybe_report(args, result.out_dir)
     return _report_errors(result)
 
@@ -257,7 +262,8 @@ def _write_mapping(args: argparse.Namespace, deidentifier: Any, out: Path) -> No
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     if p.prog.split()[-1] in ("predict", "explain"):
         p.add_argument("--dicom", action="store_true",
-                       help="also write each overlay as a DICOM Secondary Capture in the source study (for PACS)")
+                       help="also write each overlay as a DICOM Secondary Capture, and each DICOM image's "
+                            "findings as a TID 1500 report (SR), in the source study (for PACS)")
         add_deidentify_arguments(p)
     p.add_argument("--report", action="store_true", help="also write OUT/report.html (see `medlens report`)")
     p.add_argument("--truth", help="with --report: CSV with path and class_name (or label) columns")

@@ -14,6 +14,11 @@
 Non-DICOM inputs get a new study (their own Study Instance UID) and no patient identity:
 medlens never invents one.
 
+Beside them, for every DICOM input image, ``OUT/dicom/NAME-HASH.sr.dcm``: a TID 1500 findings
+report (:func:`findings_report`, Comprehensive 3D SR) with one measurement group per finding
+(the class, finding or ``grade ≥ K`` of the run's task): its probability and whether it is
+present, referencing the source image.
+
 Example:
     export_overlays(result, ["gradcam"])
 """
@@ -35,7 +40,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from medlens.pipelines.explain import METHODS, TITLES
 from medlens.pipelines.rundir import atomic_write_bytes
 
-__all__ = ["SECONDARY_CAPTURE", "export_overlays", "secondary_capture"]
+__all__ = ["SECONDARY_CAPTURE", "export_overlays", "export_reports", "findings_report", "secondary_capture"]
 
 log = logging.getLogger(__name__)
 
@@ -179,4 +184,119 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
             pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
             target = out / "dicom" / (Path(overlay).stem + ".dcm")
             written.append(atomic_write_bytes(target, buffer.getvalue()))
+    return written
+
+
+_NO_UNITS = ("1", "UCUM", "no units")
+
+
+def _concept(name: str, index: int) -> Any:
+    """A coded concept for one of the run's findings (a private scheme: the run names its own classes)."""
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=f"MEDLENS{index:03d}", scheme_designator="99MEDLENS", meaning=name[:64])
+
+
+def findings_report(source: Dataset, findings: list[tuple[str, float, bool]], *, model_name: str, version: str,
+                    series_uid: str, sop_uid: str, frame: int | None = None, series_number: int = 9200) -> Any:
+    """A TID 1500 *Imaging Measurement Report* (Comprehensive 3D SR) of one image's findings.
+
+    One *Measurements and qualitative evaluations* group per finding (tracking identifier
+    ``finding: NAME``, finding type the finding): its probability (DCM 122157, no units, the
+    6 decimals of ``predictions.csv``) and *Presence of property* Present/Absent (the run's
+    decision: label, per-finding threshold or grade), measured by the named algorithm on the
+    referenced source image (and frame). Patient and study are the source's; the series is new.
+
+    Raises:
+        ValueError: highdicom refuses the content (the caller names the file).
+    """
+    import copy
+
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model_name}"[:64], version=version)
+    frames = [int(frame) + 1] if frame is not None and int(source.get("NumberOfFrames", 1) or 1) > 1 else None
+    image = hd.sr.SourceImageForMeasurementGroup(referenced_sop_class_uid=str(source.SOPClassUID),
+                                                 referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                                                 referenced_frame_numbers=frames)
+    unit = hd.sr.CodedConcept(*_NO_UNITS)
+    groups = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[sop_uid, str(k)]),
+                                                         identifier=f"finding: {name}"[:64]),
+            finding_type=_concept(name, k), algorithm_id=algorithm, source_images=[image],
+            measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=round(float(p), 6), unit=unit,
+                                            algorithm_id=algorithm)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                name=codes.DCM.PresenceOfProperty, value=codes.SCT.Present if present else codes.SCT.Absent)])
+        for k, (name, p, present) in enumerate(findings)
+    ]
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=[series_uid, "device"]),
+                                                       name=f"medlens {model_name}"[:64], manufacturer_name="medlens",
+                                                       model_name=model_name[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
+                                      imaging_measurements=groups)
+    report = hd.sr.Comprehensive3DSR(
+        evidence=[source], content=content, series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer="medlens", is_complete=True,
+        series_description=f"medlens {model_name} findings (decision support)"[:64])
+    # highdicom shares data elements with ``source`` (cached for the other objects of the image):
+    # a copy, so that de-identifying the report leaves the source header as it was.
+    return copy.deepcopy(report)
+
+
+def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
+                   findings: Callable[[dict[str, Any]], list[tuple[str, float, bool]]], *, model_name: str,
+                   identity: str | None = None, deidentifier: Any = None) -> list[Path]:
+    """Write ``out_dir/dicom/NAME-HASH.sr.dcm``, a findings report, for each row whose input is DICOM.
+
+    Args:
+        out_dir: The prediction output folder.
+        rows: ``predictions.csv`` rows (input paths as given).
+        findings: Per row, ``(finding, probability, present)`` (the predictor's ``row_findings``).
+        model_name: The run's name (algorithm and device).
+        identity: The run's identity: UIDs derive from it and the input's content and frame, so a
+            re-run writes the same instances (no PACS duplicates); default random UIDs.
+        deidentifier: Apply the PS3.15 basic profile to every report (default: keep the source identity).
+
+    Returns:
+        The files written. A non-DICOM input gets none (a report needs a source instance);
+        a report highdicom refuses is logged with the file's name and skipped.
+    """
+    from medlens.pipelines.inference.layout import output_stem
+    from medlens.pipelines.volumes import software_version
+
+    out = Path(out_dir)
+    written: list[Path] = []
+    headers: dict[str, Dataset | None] = {}
+    series: dict[str, str] = {}
+    version = software_version()
+    for row in rows:
+        path = str(row["path"])
+        if path not in headers:
+            headers[path] = _source_header(path)
+        source = headers[path]
+        if source is None or "SOPInstanceUID" not in source or "StudyInstanceUID" not in source:
+            continue
+        frame = row.get("frame")
+        frame = int(frame) if frame not in (None, "") else None
+        digest = str(row.get("sha256") or path)
+        source_series = str(source.get("SeriesInstanceUID", path))
+        series_uid = series.setdefault(source_series, _uid(identity, "findings-series", source_series))
+        try:
+            report = findings_report(source, findings(row), model_name=model_name, version=version,
+                                     series_uid=series_uid, sop_uid=_uid(identity, "findings", digest, str(frame)),
+                                     frame=frame)
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
+            log.warning("%s: no findings report written (%s)", path, str(exc).splitlines()[0][:160])
+            continue
+        if deidentifier is not None:
+            deidentifier.apply(report)
+        buffer = io.BytesIO()
+        report.save_as(buffer, enforce_file_format=True)
+        name = output_stem(path, digest if row.get("sha256") else "0" * 8, frame) + ".sr.dcm"
+        written.append(atomic_write_bytes(out / "dicom" / name, buffer.getvalue()))
     return written

@@ -4,7 +4,7 @@
 :class:`OrdinalPredictor` (``P(grade ≥ k)``) say what a prediction writes (``columns``,
 ``fields``, ``summary``), what an explanation explains (``chosen_targets``, ``explain_targets``,
 ``target_name``, ``explain_columns``, ``explain_file_columns``) and how to read a written row back
-(``row_summary``, ``explained_targets``). :func:`load_predictor` picks the one a run's task names.
+(``row_summary``, ``row_findings``, ``explained_targets``). :func:`load_predictor` picks the one a run's task names.
 """
 
 from __future__ import annotations
@@ -151,6 +151,13 @@ class Predictor:
         """What a row says beyond label and probabilities (nothing for single-label runs)."""
         return {}
 
+    def row_findings(self, row: dict[str, Any]) -> list[tuple[str, float, bool]]:
+        """A written row as ``(finding, probability, present)`` triples (the DICOM findings report).
+
+        Single-label: each class, present when it is the row's label.
+        """
+        return [(name, float(row[f"p_{name}"]), str(row.get("label")) == name) for name in self.class_names]
+
     def explained_targets(self, row: dict[str, Any]) -> list[str | None]:
         """The targets a row's explanation columns are named by (None: unprefixed ``<method>_*``)."""
         return [None]
@@ -234,6 +241,10 @@ class MultiLabelPredictor(Predictor):
     def explained_targets(self, row: dict[str, Any]) -> list[str | None]:
         return [name for name in str(row.get("explained_findings") or "").split("|") if name]
 
+    def row_findings(self, row: dict[str, Any]) -> list[tuple[str, float, bool]]:
+        """Each finding, present when its probability reached its own validation threshold."""
+        return [(f, float(row[f"p_{f}"]), str(row.get(f"pos_{f}")) in ("1", "True")) for f in self.findings]
+
     def explain_columns(self, options: ExplainOptions) -> list[str]:
         chosen = self.chosen_targets(options)
         names = self.findings if chosen is None else [self.findings[k] for k in chosen]
@@ -313,6 +324,12 @@ class OrdinalPredictor(Predictor):
     def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"grade": row.get("grade"), "referable": row.get("referable"),
                 "p_referable": row.get(f"p_ge_{self.class_names[self.referable]}")}
+
+    def row_findings(self, row: dict[str, Any]) -> list[tuple[str, float, bool]]:
+        """Each cut ``grade ≥ K`` with ``P(grade ≥ K)``, present when the predicted grade reaches it."""
+        grade = int(row["grade"])
+        return [(f"grade ≥ {name}", float(row[f"p_ge_{name}"]), grade >= k)
+                for k, name in enumerate(self.class_names[1:], start=1)]
 
 
 def load_predictor(run_dir: str | Path) -> Predictor:

@@ -40,7 +40,7 @@ from medlens.pipelines.imaging import ImageRecord, read_frames, sniff_format
 from medlens.pipelines.rundir import atomic_write_bytes
 
 __all__ = ["Series", "Volume", "group_series", "read_volume", "volume_digest", "write_mask_volume",
-           "write_dicom_seg", "SegOutputs", "measurement_report", "dicom_affine", "from_grid", "voxel_ml"]
+           "write_dicom_seg", "SegOutputs", "software_version", "measurement_report", "dicom_affine", "from_grid", "voxel_ml"]
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,8 @@ def write_mask_volume(volume: Volume, slices: list[np.ndarray], path: str | Path
     return atomic_write_bytes(path, _nifti_bytes(image))
 
 
-def _software_version() -> str:
+def software_version() -> str:
+    """The installed medlens version (Software Versions of the DICOM objects medlens writes)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -382,7 +383,7 @@ def write_dicom_seg(volume: Volume, slices: list[np.ndarray], path: str | Path, 
         sop_uid = generate_uid(entropy_srcs=[identity, "seg", source_series, hashlib.sha256(labelmap).hexdigest()])
     else:
         series_uid, sop_uid = generate_uid(), generate_uid()
-    version = _software_version()
+    version = software_version()
     algorithm = hd.AlgorithmIdentificationSequence(name=f"medlens {model_name}"[:64], version=version,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = [
@@ -464,7 +465,7 @@ def measurement_report(volume: Volume, seg: Any, labelmap: np.ndarray, *, labels
     def uid(*parts: str) -> str:
         return generate_uid(entropy_srcs=[identity, *parts]) if identity else generate_uid()
 
-    version = _software_version()
+    version = software_version()
     algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model_name}"[:64], version=version)
     sources = [hd.sr.SourceImageForSegmentation.from_source_image(s) for s in volume.sources]
     groups = []

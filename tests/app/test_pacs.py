@@ -97,11 +97,14 @@ def test_predict_overlays_go_to_the_pacs_as_secondary_captures(pacs, study, tiny
     out = tmp_path / "out"
     assert main(["predict", str(tiny_run), "--from-pacs", pacs.dicomweb, "--study", uid, "--explain", "gradcam",
                  "--to-pacs", pacs.dicomweb, "--out", str(out)]) == 0
-    assert "8 instance(s) stored" in capsys.readouterr().out
+    assert "16 instance(s) stored" in capsys.readouterr().out  # 8 overlays and 8 findings reports
     after = pacs.instances(uid)
-    assert len(after) == before + 8
+    assert len(after) == before + 16
     added = [s for s in pacs.series(uid) if s["MainDicomTags"].get("Modality") == "OT"]
     assert len(added) == 1 and len(added[0]["Instances"]) == 8  # one new series in the same study, beside the MR
+    findings = [s for s in pacs.series(uid) if s["MainDicomTags"].get("SeriesDescription", "").endswith(
+        "findings (decision support)")]
+    assert len(findings) == 1 and len(findings[0]["Instances"]) == 8 and findings[0]["MainDicomTags"]["Modality"] == "SR"
     assert added[0]["MainDicomTags"]["SeriesDescription"].startswith("medlens Grad-CAM")
     assert added[0]["MainDicomTags"]["Manufacturer"] == "medlens"
 

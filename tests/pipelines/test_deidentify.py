@@ -74,9 +74,19 @@ def test_predict_dicom_deidentifies_secondary_captures(tiny_run, shared_data, tm
     keep = tmp_path / "secret" / "map.csv"
     assert main(["predict", str(tiny_run), str(ct), "--out", str(out), "--explain", "gradcam", "--dicom",
                  "--deidentify", "--deidentify-map", str(keep)]) == 0
-    (sc_path,) = (out / "dicom").glob("*.dcm")
+    (sc_path,) = [p for p in (out / "dicom").glob("*.dcm") if not p.name.endswith(".sr.dcm")]
     sc = pydicom.dcmread(sc_path)
     mapping = _mapping(keep)
+    # The findings report: the same pseudonym, and its reference is the de-identified source instance.
+    import highdicom as hd
+
+    (report_path,) = (out / "dicom").glob("*.sr.dcm")
+    report = hd.sr.srread(report_path)
+    assert report.PatientID == sc.PatientID and report.PatientIdentityRemoved == "YES"
+    assert report.StudyInstanceUID == sc.StudyInstanceUID == mapping[("UID", source.StudyInstanceUID)]
+    (image,) = report.content.get_image_measurement_groups()[0].source_images
+    assert image.referenced_sop_instance_uid == mapping[("UID", source.SOPInstanceUID)]
+    assert dciodvfy_errors(report_path) == []
     assert sc.PatientID == mapping[("PatientID", source.PatientID)] and sc.PatientIdentityRemoved == "YES"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == mapping[("UID", source.SOPInstanceUID)]
     assert "InstitutionName" not in sc and not any(e.tag.is_private for e in sc)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_checks import dciodvfy_errors
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medlens.app.cli import main
@@ -281,9 +282,29 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
     dicom_out = tmp_path / "dicom"
     assert main(["predict", str(findings_run), str(source), "--out", str(dicom_out), "--explain", "gradcam",
                  "--findings", "all", "--dicom"]) == 0
-    written = sorted((dicom_out / "dicom").glob("*.dcm"))
+    written = sorted(p for p in (dicom_out / "dicom").glob("*.dcm") if not p.name.endswith(".sr.dcm"))
     frames = int(pydicom.dcmread(source, stop_before_pixels=True).NumberOfFrames)
     assert len(written) == frames * len(FINDINGS)
+    # … and per frame a TID 1500 findings report: each finding's probability and presence, as predictions.csv has them.
+    import highdicom as hd
+
+    reports = sorted((dicom_out / "dicom").glob("*.sr.dcm"))
+    assert len(reports) == frames
+    by_frame = {int(r["frame"]): r for r in csv.DictReader((dicom_out / "predictions.csv").open(encoding="utf-8"))}
+    for path in reports:
+        report = hd.sr.srread(path)
+        (image,) = report.content.get_image_measurement_groups()[0].source_images
+        frame = image.referenced_frame_numbers[0] - 1
+        row = by_frame[frame]
+        groups = {g.tracking_identifier.removeprefix("finding: "): g
+                  for g in report.content.get_image_measurement_groups()}
+        assert sorted(groups) == sorted(FINDINGS)
+        for finding, group in groups.items():
+            (probability,) = group.get_measurements()
+            assert probability.name.meaning == "Probability" and probability.value == float(row[f"p_{finding}"])
+            (presence,) = group.get_qualitative_evaluations()
+            assert presence.value.meaning == ("Present" if row[f"pos_{finding}"] == "1" else "Absent")
+    assert dciodvfy_errors(reports[0]) == []
     objects = [pydicom.dcmread(path) for path in written]
     study = pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
     assert {o.StudyInstanceUID for o in objects} == {study}

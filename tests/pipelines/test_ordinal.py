@@ -145,3 +145,14 @@ def test_a_grade_outside_the_scale_names_its_line(tmp_path, phantom_dir):
     with pytest.raises(DatasetError, match=r"m.csv line 5: label 7 but only 3 class_names \(0..2\)") as caught:
         TASKS["ordinal"].load_data(cfg.data, seed=0)
     assert "\n" not in str(caught.value)
+
+
+def test_an_ordinal_row_reads_back_as_one_finding_per_cut():
+    """The findings report of a grade: ``grade ≥ K`` for each cut, present up to the predicted grade."""
+    from medlens.pipelines.predictors import OrdinalPredictor
+
+    predictor = OrdinalPredictor.__new__(OrdinalPredictor)  # row_findings reads only the grade names
+    predictor.class_names = ["g0", "g1", "g2", "g3"]
+    row = {"grade": "2", "p_ge_g1": "0.91", "p_ge_g2": "0.62", "p_ge_g3": "0.08"}
+    assert predictor.row_findings(row) == [("grade ≥ g1", 0.91, True), ("grade ≥ g2", 0.62, True),
+                                           ("grade ≥ g3", 0.08, False)]

@@ -210,10 +210,10 @@ def findings_report(source: Dataset, findings: list[tuple[str, float, bool]], *,
     Raises:
         ValueError: highdicom refuses the content (the caller names the file).
     """
-    import copy
-
     import highdicom as hd
     from pydicom.sr.codedict import codes
+
+    from medlens.pipelines.volumes import imaging_measurement_report
 
     algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model_name}"[:64], version=version)
     frames = [int(frame) + 1] if frame is not None and int(source.get("NumberOfFrames", 1) or 1) > 1 else None
@@ -232,20 +232,10 @@ def findings_report(source: Dataset, findings: list[tuple[str, float, bool]], *,
                 name=codes.DCM.PresenceOfProperty, value=codes.SCT.Present if present else codes.SCT.Absent)])
         for k, (name, p, present) in enumerate(findings)
     ]
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=[series_uid, "device"]),
-                                                       name=f"medlens {model_name}"[:64], manufacturer_name="medlens",
-                                                       model_name=model_name[:64])
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
-    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-                                      imaging_measurements=groups)
-    report = hd.sr.Comprehensive3DSR(
-        evidence=[source], content=content, series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer="medlens", is_complete=True,
-        series_description=f"medlens {model_name} findings (decision support)"[:64])
-    # highdicom shares data elements with ``source`` (cached for the other objects of the image):
-    # a copy, so that de-identifying the report leaves the source header as it was.
-    return copy.deepcopy(report)
+    return imaging_measurement_report([source], groups, model_name=model_name, series_uid=series_uid,
+                                      device_uid=generate_uid(entropy_srcs=[series_uid, "device"]),
+                                      series_number=series_number, sop_uid=sop_uid,
+                                      description=f"medlens {model_name} findings (decision support)")
 
 
 def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],

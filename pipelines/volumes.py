@@ -40,7 +40,7 @@ from medlens.pipelines.imaging import ImageRecord, read_frames, sniff_format
 from medlens.pipelines.rundir import atomic_write_bytes
 
 __all__ = ["Series", "Volume", "group_series", "read_volume", "volume_digest", "write_mask_volume",
-           "write_dicom_seg", "SegOutputs", "software_version", "measurement_report", "dicom_affine", "from_grid", "voxel_ml"]
+           "write_dicom_seg", "SegOutputs", "software_version", "imaging_measurement_report", "measurement_report", "dicom_affine", "from_grid", "voxel_ml"]
 
 log = logging.getLogger(__name__)
 
@@ -467,36 +467,56 @@ def measurement_report(volume: Volume, seg: Any, labelmap: np.ndarray, *, labels
 
     version = software_version()
     algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model_name}"[:64], version=version)
-    sources = [hd.sr.SourceImageForSegmentation.from_source_image(s) for s in volume.sources]
-    groups = []
-    for number, label in enumerate(labels, start=1):
-        cubic_mm = int(np.count_nonzero(labelmap == number)) * ml * 1000.0
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid("sr-segment", source_series, mask_hash, str(number)),
-                                                         identifier=f"segment {number}: {label}"[:64]),
-            referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
-                                                       sop_instance_uid=seg.SOPInstanceUID,
-                                                       segment_number=number, source_images=sources),
-            finding_type=codes.SCT.Tissue, algorithm_id=algorithm,
-            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=round(cubic_mm, 3),
-                                            unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)]))
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=uid("sr-device"), name=f"medlens {model_name}"[:64],
-                                                       manufacturer_name="medlens", model_name=model_name[:64])
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     try:
-        content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-                                          imaging_measurements=groups)
-        report = hd.sr.Comprehensive3DSR(
-            evidence=[seg, *volume.sources], content=content,
-            series_instance_uid=uid("sr-series", source_series), series_number=series_number,
-            sop_instance_uid=uid("sr", source_series, mask_hash), instance_number=1, manufacturer="medlens",
-            is_complete=True, series_description=f"medlens {model_name} volumes (decision support)"[:64])
+        sources = [hd.sr.SourceImageForSegmentation.from_source_image(s) for s in volume.sources]
+        groups = [
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uid("sr-segment", source_series, mask_hash, str(number)),
+                    identifier=f"segment {number}: {label}"[:64]),
+                referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
+                                                           sop_instance_uid=seg.SOPInstanceUID,
+                                                           segment_number=number, source_images=sources),
+                finding_type=codes.SCT.Tissue, algorithm_id=algorithm,
+                measurements=[hd.sr.Measurement(
+                    name=codes.SCT.Volume, value=round(int(np.count_nonzero(labelmap == number)) * ml * 1000.0, 3),
+                    unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm)])
+            for number, label in enumerate(labels, start=1)
+        ]
+        return imaging_measurement_report(
+            [seg, *volume.sources], groups, model_name=model_name, device_uid=uid("sr-device"),
+            series_uid=uid("sr-series", source_series), series_number=series_number,
+            sop_uid=uid("sr", source_series, mask_hash), description=f"medlens {model_name} volumes (decision support)")
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         raise MedlensError(f"{volume.path}: cannot make a measurement report for this input "
                            f"({str(exc).splitlines()[0][:160]})") from exc
-    # highdicom shares the patient/study data elements with ``seg``: a copy, so that
-    # de-identifying one object does not rewrite the other (twice-pseudonymised patients).
+
+
+def imaging_measurement_report(evidence: list[Any], groups: list[Any], *, model_name: str, device_uid: str,
+                               series_uid: str, series_number: int, sop_uid: str, description: str) -> Any:
+    """A TID 1500 Comprehensive 3D SR of measurement ``groups``, observed by the medlens device.
+
+    Patient and study come from ``evidence`` (the instances the groups reference); the report is
+    complete, unverified, in its own series. It is a deep copy: highdicom shares data elements
+    with the evidence, and de-identifying one object must not rewrite another (or a cached
+    source header).
+
+    Raises:
+        ValueError, TypeError, KeyError, AttributeError: highdicom refuses the content.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=device_uid, name=f"medlens {model_name}"[:64],
+                                                       manufacturer_name="medlens", model_name=model_name[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    content = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
+                                      imaging_measurements=groups)
+    report = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=content, series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer="medlens", is_complete=True,
+        series_description=description[:64])
     return copy.deepcopy(report)
 
 

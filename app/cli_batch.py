@@ -142,12 +142,12 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
         from medlens.app.dicom_export import export_overlays, export_reports
         from medlens.pipelines.rundir import RunDir
 
-        identity = RunDir(args.run).identity()
+        identity, headers = RunDir(args.run).identity(), {}
         written = export_overlays(result.out_dir, result.rows, list(explain.methods), predictor.explained_targets,
-                                  identity=identity, deidentifier=deidentifier)
+                                  identity=identity, deidentifier=deidentifier, headers=headers)
         reports = export_reports(result.out_dir, result.rows, predictor.row_findings, identity=identity,
                                  model_name=str(predictor.state.get("name") or Path(args.run).name),
-                                 deidentifier=deidentifier)
+                                 deidentifier=deidentifier, headers=headers)
         _write_mapping(args, deidentifier, result.out_dir)
         print(f"{len(written)} DICOM Secondary Capture(s) and {len(reports)} findings report(s) (SR) in the source "
               f"studies → {result.out_dir / 'dicom'}")

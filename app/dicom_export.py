@@ -63,6 +63,16 @@ def _source_header(path: str) -> Dataset | None:
         return None
 
 
+def _with_sources(rows: list[dict[str, Any]], headers: dict[str, Dataset | None]):
+    """Each row with its input path, source header (read once per file, kept in ``headers``) and frame."""
+    for row in rows:
+        path = str(row["path"])
+        if path not in headers:
+            headers[path] = _source_header(path)
+        frame = row.get("frame")
+        yield row, path, headers[path], (int(frame) if frame not in (None, "") else None)
+
+
 def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: str, study_uid: str,
                       method: str, instance: int, frame: int | None, label: str,
                       finding: str | None = None, finding_number: int = 0, sop_uid: str | None = None) -> Dataset:
@@ -123,7 +133,8 @@ def secondary_capture(rgb: np.ndarray, source: Dataset | None, *, series_uid: st
 
 def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: list[str],
                     targets: Callable[[dict[str, Any]], list[str | None]] | None = None,
-                    identity: str | None = None, deidentifier: Any = None) -> list[Path]:
+                    identity: str | None = None, deidentifier: Any = None,
+                    headers: dict[str, Dataset | None] | None = None) -> list[Path]:
     """Write ``out_dir/dicom/<overlay name>.dcm`` for each overlay PNG listed in ``rows``.
 
     Args:
@@ -139,6 +150,8 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
             re-run again gives the same instances (a PACS gets no duplicates); default random UIDs.
         deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier`: apply the PS3.15
             basic profile to every object written (default: keep the source identity).
+        headers: Source headers by input path, read on first use (pass one dict to
+            :func:`export_reports` too, and each file is read once).
 
     Returns:
         The files written.
@@ -146,20 +159,13 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
     out = Path(out_dir)
     written: list[Path] = []
     series: dict[tuple[str, str], str] = {}
-    headers: dict[str, Dataset | None] = {}
     studies: dict[str, str] = {}
     counters: dict[str, int] = {}
     order: dict[str, int] = {}  # finding → its series number offset
-    for row in rows:
-        path = str(row["path"])
-        if path not in headers:
-            headers[path] = _source_header(path)
-        source = headers[path]
+    for row, path, source, frame in _with_sources(rows, {} if headers is None else headers):
         study_uid = str(source.StudyInstanceUID) if source is not None and "StudyInstanceUID" in source else \
             studies.setdefault(path, _uid(identity, "study", str(row.get("sha256") or path)))
         source_series = str(source.get("SeriesInstanceUID", path)) if source is not None else path
-        frame = row.get("frame")
-        frame = int(frame) if frame not in (None, "") else None
         for method, target in ((m, t) for t in (targets(row) if targets else [None]) for m in methods):
             slug = METHODS[method] if target is None else f"{METHODS[method]}_{target}"
             overlay = row.get(f"{slug}_overlay")
@@ -213,7 +219,7 @@ def findings_report(source: Dataset, findings: list[tuple[str, float, bool]], *,
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from medlens.pipelines.volumes import imaging_measurement_report
+    from medlens.pipelines.dicom_results import imaging_measurement_report
 
     algorithm = hd.sr.AlgorithmIdentification(name=f"medlens {model_name}"[:64], version=version)
     frames = [int(frame) + 1] if frame is not None and int(source.get("NumberOfFrames", 1) or 1) > 1 else None
@@ -240,7 +246,8 @@ def findings_report(source: Dataset, findings: list[tuple[str, float, bool]], *,
 
 def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
                    findings: Callable[[dict[str, Any]], list[tuple[str, float, bool]]], *, model_name: str,
-                   identity: str | None = None, deidentifier: Any = None) -> list[Path]:
+                   identity: str | None = None, deidentifier: Any = None,
+                   headers: dict[str, Dataset | None] | None = None) -> list[Path]:
     """Write ``out_dir/dicom/NAME-HASH.sr.dcm``, a findings report, for each row whose input is DICOM.
 
     Args:
@@ -251,29 +258,23 @@ def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
         identity: The run's identity: UIDs derive from it and the input's content and frame, so a
             re-run writes the same instances (no PACS duplicates); default random UIDs.
         deidentifier: Apply the PS3.15 basic profile to every report (default: keep the source identity).
+        headers: Source headers by input path (shared with :func:`export_overlays`).
 
     Returns:
         The files written. A non-DICOM input gets none (a report needs a source instance);
         a report highdicom refuses is logged with the file's name and skipped.
     """
+    from medlens.pipelines.dicom_results import software_version
     from medlens.pipelines.inference.layout import output_stem
-    from medlens.pipelines.volumes import software_version
 
     out = Path(out_dir)
     written: list[Path] = []
-    headers: dict[str, Dataset | None] = {}
     series: dict[str, str] = {}
     version = software_version()
-    for row in rows:
-        path = str(row["path"])
-        if path not in headers:
-            headers[path] = _source_header(path)
-        source = headers[path]
+    for row, path, source, frame in _with_sources(rows, {} if headers is None else headers):
         if source is None or "SOPInstanceUID" not in source or "StudyInstanceUID" not in source:
             continue
-        frame = row.get("frame")
-        frame = int(frame) if frame not in (None, "") else None
-        digest = str(row.get("sha256") or path)
+        digest = str(row["sha256"])
         source_series = str(source.get("SeriesInstanceUID", path))
         series_uid = series.setdefault(source_series, _uid(identity, "findings-series", source_series))
         try:
@@ -287,6 +288,6 @@ def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
             deidentifier.apply(report)
         buffer = io.BytesIO()
         report.save_as(buffer, enforce_file_format=True)
-        name = output_stem(path, digest if row.get("sha256") else "0" * 8, frame) + ".sr.dcm"
+        name = output_stem(path, digest, frame) + ".sr.dcm"
         written.append(atomic_write_bytes(out / "dicom" / name, buffer.getvalue()))
     return written

@@ -243,7 +243,8 @@ class MultiLabelPredictor(Predictor):
 
     def row_findings(self, row: dict[str, Any]) -> list[tuple[str, float, bool]]:
         """Each finding, present when its probability reached its own validation threshold."""
-        return [(f, float(row[f"p_{f}"]), str(row.get(f"pos_{f}")) in ("1", "True")) for f in self.findings]
+        present = set(self.row_summary(row)["findings"])
+        return [(f, float(row[f"p_{f}"]), f in present) for f in self.findings]
 
     def explain_columns(self, options: ExplainOptions) -> list[str]:
         chosen = self.chosen_targets(options)

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens.pipelines.dicom_results import write_dicom_seg
 from medlens.pipelines.errors import ConfigError, MedlensError
 from medlens.pipelines.explain.overlay import mask_overlay, save_png
 from medlens.pipelines.explain.segmentation import MaskExplainer, segmentation_methods
@@ -72,7 +73,6 @@ from medlens.pipelines.volumes import (
     read_volume,
     volume_digest,
     voxel_ml,
-    write_dicom_seg,
     write_mask_volume,
 )
 

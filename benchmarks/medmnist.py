@@ -24,9 +24,9 @@ of each run.
 
 Usage (from the repository root)::
 
-    python benchmarks/medmnist.py                      # full benchmark (~15-25 min on 2 CPU cores)
-    python benchmarks/medmnist.py --quick              # smoke test, 2 epochs per phase (~2-3 min)
-    python benchmarks/medmnist.py --datasets breast,retina --seed 1 --runs-dir /tmp/bench
+    python benchmarks/medmnist.py                      # full benchmark, seeds 0,1,2 (~10 min on 2 CPU cores)
+    python benchmarks/medmnist.py --quick              # smoke test, 2 epochs per phase (~5 min)
+    python benchmarks/medmnist.py --datasets breast,retina --seeds 1 --runs-dir /tmp/bench
 
 ``--quick`` writes ``medmnist_quick.json``/``.md`` so it never overwrites the real results.
 Run directories (models, plots, histories) go to ``--runs-dir`` (default
@@ -206,8 +206,14 @@ def _run(
     overrides: list[str],
     runs_dir: Path,
     verbose: bool,
-) -> tuple[dict[str, Any], Any]:
-    """Train one configuration with medlens and evaluate it; returns (record, loaded model)."""
+    seed: int = 0,
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Train one configuration with medlens and evaluate it.
+
+    Returns:
+        ``(record, loaded model, outputs)``: outputs hold the raw test and validation
+        probabilities and labels, for the seed ensemble.
+    """
     from medlens.pipelines.config import config_to_dict, load_config
     from medlens.pipelines.data import load_dataset
     from medlens.pipelines.evaluation.classification import classification_metrics
@@ -216,8 +222,8 @@ def _run(
 
     spec = DATASETS[key]
     cfg = load_config(spec["preset"], overrides)
-    run_dir = runs_dir / f"{key}-{variant}"
-    label = f"{spec['title']} {variant}"
+    run_dir = runs_dir / f"seed-{seed}" / f"{key}-{variant}"
+    label = f"{spec['title']} {variant} seed {seed}"
     _say(f"  {label}: training ({cfg.model.backbone}, {cfg.data.image_size[0]} px, weights "
          f"{Path(cfg.model.weights).name if variant == 'transfer' else cfg.model.weights}) ...")
     extra = [_EpochPrinter.make(label)] if verbose else []
@@ -233,6 +239,9 @@ def _run(
     test = dataset.splits["test"]
     names = list(dataset.class_names)
     probs = predict_source(model, test, cfg, len(names))
+    outputs = {"test": probs, "val": predict_source(model, dataset.splits["val"], cfg, len(names)),
+               "test_labels": np.asarray(test.labels), "val_labels": np.asarray(dataset.splits["val"].labels),
+               "names": names}
     plain = classification_metrics(
         np.asarray(test.labels), probs, names, threshold=0.5 if len(names) == 2 else None, ci=False
     )
@@ -283,11 +292,77 @@ def _run(
         + (f" (thr {_f(record['threshold'])})  ACC@0.5 {_f(record['acc_at_0.5'])}" if binary else " (argmax)")
         + f"  {record['epochs']} epochs, {record['seconds']:.0f}s"
     )
-    return record, model
+    return record, model, outputs
 
 
 def _f(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+#: Per-seed fields averaged (mean ± sd) into a method's row.
+_AVERAGED = ("auc", "acc", "acc_at_0.5", "ece", "ece_uncalibrated", "seconds", "epochs")
+
+
+def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's row from its per-seed records: mean and sample sd of each averaged field."""
+    row: dict[str, Any] = {"seeds": [r["config"]["seed"] for r in records], "per_seed": records,
+                           "binary": records[0]["threshold"] is not None, "ensemble": False}
+    for field in _AVERAGED:
+        values = [float(r[field]) for r in records if r.get(field) is not None]
+        row[field] = float(np.mean(values)) if values else None
+        row[f"{field}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    row["thresholds"] = [r["threshold"] for r in records]
+    return row
+
+
+def _ensemble(records: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds' models as one ensemble: test probabilities averaged over seeds.
+
+    Its threshold (binary) and temperature are chosen on the validation split from the
+    averaged validation probabilities, as medlens does for one run; the test split is read once.
+
+    Raises:
+        RuntimeError: The seeds saw different test or validation images (official splits are fixed).
+    """
+    from medlens.pipelines.evaluation.calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+    )
+    from medlens.pipelines.evaluation.classification import choose_threshold, classification_metrics
+
+    first = outputs[0]
+    for other in outputs[1:]:
+        if not (np.array_equal(other["test_labels"], first["test_labels"])
+                and np.array_equal(other["val_labels"], first["val_labels"])):
+            raise RuntimeError("the seeds' runs saw different test or validation splits; no ensemble")
+    names, test_labels, val_labels = first["names"], first["test_labels"], first["val_labels"]
+    test = np.mean([o["test"] for o in outputs], axis=0)
+    val = np.mean([o["val"] for o in outputs], axis=0)
+    binary = len(names) == 2
+    threshold = choose_threshold(val_labels, val[:, 1], "youden") if binary else None
+    chosen = classification_metrics(test_labels, test, names, threshold=threshold)
+    plain = classification_metrics(test_labels, test, names, threshold=0.5 if binary else None, ci=False)
+    temperature = fit_temperature(val, val_labels)
+    return {
+        "seeds": [r["config"]["seed"] for r in records], "binary": binary, "ensemble": True,
+        "auc": chosen["auc"], "auc_ci95": chosen.get("auc_ci95"), "auc_sd": None,
+        "acc": chosen["accuracy"], "acc_sd": None, "acc_at_0.5": plain["accuracy"], "acc_at_0.5_sd": None,
+        "threshold": threshold, "temperature": temperature,
+        "ece": expected_calibration_error(apply_temperature(test, temperature), test_labels),
+        "ece_uncalibrated": expected_calibration_error(test, test_labels),
+        "ece_sd": None, "ece_uncalibrated_sd": None,
+        "seconds": float(sum(r["seconds"] for r in records)), "seconds_sd": None,
+        "epochs": int(sum(r["epochs"] for r in records)), "epochs_sd": None,
+    }
+
+
+def _pm(row: dict[str, Any], field: str, digits: int = 3) -> str:
+    """``mean ± sd`` of a row's field (just the value for one seed or an ensemble)."""
+    value, sd = row.get(field), row.get(f"{field}_sd")
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
 def _aim_status(record: dict[str, Any], aim: tuple[float, float]) -> str:
@@ -307,6 +382,13 @@ def _aim_status(record: dict[str, Any], aim: tuple[float, float]) -> str:
 # --------------------------------------------------------------------------- report
 
 
+def _method(variant: str, row: dict[str, Any]) -> str:
+    what = "from scratch" if variant.startswith("scratch") else "transfer from PneumoniaMNIST"
+    seeds = ", ".join(str(seed) for seed in row["seeds"])
+    how = f"ensemble of seeds {seeds}" if row["ensemble"] else f"seeds {seeds}"
+    return f"medlens {BACKBONE} {IMAGE_SIZE}px, {what} ({how})"
+
+
 def _table(report: dict[str, Any]) -> str:
     lines = [
         "| Dataset | Method | Test AUC | Test ACC (0.5/argmax) | Test ACC (val-chosen thr.) | Test ECE (calibrated / raw) | Epochs | Train s | Aim (AUC / ACC) | Status |",
@@ -317,19 +399,13 @@ def _table(report: dict[str, Any]) -> str:
         aim = f"≥ {spec['aim'][0]:.2f} / ≥ {spec['aim'][1]:.2f}"
         for name, auc, acc in spec["paper"]:
             lines.append(f"| {spec['title']} | {name} (paper) | {auc:.3f} | {acc:.3f} | | | | | | |")
-        for variant, record in entry["runs"].items():
-            what = (
-                f"medlens {BACKBONE} {IMAGE_SIZE}px, from scratch" if variant == "scratch"
-                else f"medlens {BACKBONE} {IMAGE_SIZE}px, transfer from PneumoniaMNIST"
-            )
-            youden = (
-                f"{_f(record['acc'])} (thr {_f(record['threshold'], 2)})" if record["threshold"] is not None
-                else f"{_f(record['acc'])} (argmax)"
-            )
+        for variant, row in entry["runs"].items():
+            chosen = _pm(row, "acc") + (" (Youden)" if row["binary"] else " (argmax)")
+            epochs = f"{row['epochs']:.0f}" + (" in all" if row["ensemble"] else "")
             lines.append(
-                f"| {spec['title']} | **{what}** | **{_f(record['auc'])}** | **{_f(record['acc_at_0.5'])}** | "
-                f"{youden} | {_f(record.get('ece'))} / {_f(record.get('ece_uncalibrated'))} | "
-                f"{record['epochs']} | {record['seconds']:.0f} | {aim} | {record['aim_status']} |"
+                f"| {spec['title']} | **{_method(variant, row)}** | **{_pm(row, 'auc')}** | "
+                f"**{_pm(row, 'acc_at_0.5')}** | {chosen} | {_pm(row, 'ece')} / {_pm(row, 'ece_uncalibrated')} | "
+                f"{epochs} | {row['seconds']:.0f} | {aim} | {row['aim_status']} |"
             )
     return "\n".join(lines)
 
@@ -341,14 +417,14 @@ def _transfer_table(report: dict[str, Any]) -> str:
         if "scratch" in runs and "transfer" in runs:
             s, t = runs["scratch"], runs["transfer"]
             rows.append(
-                f"| {DATASETS[key]['title']} | {_f(s['auc'])} / {_f(s['acc_at_0.5'])} | "
-                f"{_f(t['auc'])} / {_f(t['acc_at_0.5'])} | {t['auc'] - s['auc']:+.3f} / "
+                f"| {DATASETS[key]['title']} | {_pm(s, 'auc')} / {_pm(s, 'acc_at_0.5')} | "
+                f"{_pm(t, 'auc')} / {_pm(t, 'acc_at_0.5')} | {t['auc'] - s['auc']:+.3f} / "
                 f"{t['acc_at_0.5'] - s['acc_at_0.5']:+.3f} | {s['seconds']:.0f} / {t['seconds']:.0f} |"
             )
     if not rows:
         return ""
     head = [
-        "| Dataset | From scratch AUC / ACC | Transfer AUC / ACC | Δ AUC / Δ ACC | Train s (scratch / transfer) |",
+        "| Dataset | From scratch AUC / ACC | Transfer AUC / ACC | Δ AUC / Δ ACC (means) | Train s (scratch / transfer) |",
         "|---|---|---|---|---|",
     ]
     return "\n".join(head + rows)
@@ -363,7 +439,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Generated by `python benchmarks/medmnist.py{' --quick' if report['quick'] else ''}` on "
         f"{report['finished']}: {m['cpu_count']} CPU cores ({m.get('cpu_model', m['processor'])}), "
         f"{'GPU ' + ', '.join(m['gpus']) if m['gpus'] else 'no GPU'}, Keras {m['keras']} / TensorFlow "
-        f"{m['tensorflow']}, seed {report['seed']}. Total wall time {report['total_seconds'] / 60:.1f} min.",
+        f"{m['tensorflow']}, seeds {', '.join(map(str, report['seeds']))} (mean ± sd over seeds; the "
+        f"ensemble rows average the seeds' test probabilities). Total wall time {report['total_seconds'] / 60:.1f} min.",
         "",
         "Test split, official MedMNIST splits. **ACC (0.5/argmax)** follows the MedMNIST paper "
         "(binary threshold 0.5, multi-class argmax) and is the one compared with the paper and the aims; "
@@ -372,7 +449,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "RetinaMNIST macro one-vs-rest. Paper rows: Yang et al., *MedMNIST v2*, Sci Data 10, 41 (2023), "
         "Table of test AUC/ACC. A row meets the aim only when both its AUC and its ACC (0.5/argmax) reach it. "
         "**ECE**: top-label expected calibration error on test (15 bins) after temperature scaling fitted on "
-        "validation, and of the raw outputs (project goal: calibrated ECE ≤ 0.05).",
+        "validation, and of the raw outputs (project goal: calibrated ECE ≤ 0.05). An ensemble's threshold "
+        "and temperature are chosen on the averaged validation probabilities. A row meets an aim on its mean.",
         "",
         _table(report),
         "",
@@ -382,8 +460,8 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Same-domain transfer vs from scratch",
             "",
-            f"Backbone pretrained offline on the PneumoniaMNIST train split ({pre['epochs']} epochs, "
-            f"{pre['seconds']:.0f}s; its val split for early stopping), saved with "
+            f"Backbone pretrained offline on the PneumoniaMNIST train split, once per seed "
+            f"({pre['epochs']:.0f} epochs, {pre['seconds']:.0f}s on average; its val split for early stopping), saved with "
             "`model.get_layer(\"backbone\").save_weights(...)` and fine-tuned with `model.weights=<file>`: "
             "phase 1 frozen backbone, phase 2 top blocks unfrozen at a lower learning rate." if pre else "",
             "",
@@ -418,7 +496,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", default="pneumonia,breast,retina",
                         help="comma-separated subset of pneumonia,breast,retina")
     parser.add_argument("--no-transfer", action="store_true", help="skip pretraining and the transfer runs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="comma-separated seeds; each method runs once per seed (mean ± sd, and an ensemble)")
+    parser.add_argument("--seed", type=int, default=None, help="one seed only (same as --seeds N)")
     parser.add_argument("--verbose", "-v", action="store_true", help="print one line per epoch")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.datasets.split(",") if name.strip()]
@@ -426,6 +506,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not chosen:
         parser.error(f"--datasets: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(DATASETS)}")
     args.datasets = [name for name in DATASETS if name in chosen]
+    try:
+        args.seeds = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds: not a comma-separated list of integers: {args.seeds!r}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {args.seeds!r})")
     return args
 
 
@@ -450,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     runs_dir = args.runs_dir.expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    common = COMMON + [f"seed={args.seed}"]
     _say(f"medlens MedMNIST benchmark: {', '.join(DATASETS[k]['title'] for k in args.datasets)}"
          f"{' (quick)' if args.quick else ''}; data {root}; runs {runs_dir}")
     _say(f"machine: {machine['cpu_count']} CPUs, Keras {machine['keras']}, TensorFlow {machine['tensorflow']}, "
@@ -463,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "MedMNIST v2, 28 px, official splits",
         "quick": args.quick,
-        "seed": args.seed,
+        "seeds": args.seeds,
         "backbone": BACKBONE,
         "image_size": IMAGE_SIZE,
         "data_root": str(root),
@@ -474,54 +559,72 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": {},
     }
 
-    def overrides_for(key: str, variant: str) -> list[str]:
-        base = list(common)  # the presets point data.npz at ${MEDLENS_DATA}/medmnist/...
+    def overrides_for(key: str, variant: str, seed: int) -> list[str]:
+        base = COMMON + [f"seed={seed}"]  # the presets point data.npz at ${MEDLENS_DATA}/medmnist/...
         extra = SCRATCH + DATASETS[key]["scratch"] if variant == "scratch" else DATASETS[key]["transfer"]
         quick = (QUICK if variant == "scratch" else QUICK_TRANSFER) if args.quick else []
         return base + extra + quick
 
-    def add(key: str, variant: str, record: dict[str, Any]) -> None:
-        entry = report["datasets"].setdefault(
-            key, {"title": DATASETS[key]["title"], "aim": {"auc": DATASETS[key]["aim"][0],
-                                                           "acc": DATASETS[key]["aim"][1]},
-                  "paper": [{"method": n, "auc": a, "acc": c} for n, a, c in DATASETS[key]["paper"]],
-                  "runs": {}})
-        record["aim_status"] = _aim_status(record, DATASETS[key]["aim"])
-        entry["runs"][variant] = record
+    # (dataset, variant) → the per-seed records and raw outputs, in seed order.
+    done: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    pretraining: list[dict[str, Any]] = []
 
     try:
-        weights_file: Path | None = None
-        if need_source:
-            _say(f"[1] {DATASETS[PRETRAIN_SOURCE]['title']} from scratch"
-                 + (" (also the pretraining run for transfer)" if want_transfer else ""))
-            record, model = _run(PRETRAIN_SOURCE, "scratch", overrides_for(PRETRAIN_SOURCE, "scratch"),
-                                 runs_dir, args.verbose)
-            if PRETRAIN_SOURCE in args.datasets:
-                add(PRETRAIN_SOURCE, "scratch", record)
-            if want_transfer:
-                weights_file = runs_dir / f"pretrained-{PRETRAIN_SOURCE}-{BACKBONE}-{IMAGE_SIZE}px.weights.h5"
-                model.get_layer("backbone").save_weights(str(weights_file))
-                report["pretraining"] = {
-                    "source": f"{DATASETS[PRETRAIN_SOURCE]['title']} train split (val split for early stopping)",
-                    "run_dir": record["run_dir"],
-                    "weights_file": str(weights_file),
-                    "epochs": record["epochs"],
-                    "seconds": record["seconds"],
-                }
-                _say(f"  saved backbone weights to {weights_file}")
-        step = 2
-        for key in small:
-            _say(f"[{step}] {DATASETS[key]['title']}")
-            step += 1
-            record, _ = _run(key, "scratch", overrides_for(key, "scratch"), runs_dir, args.verbose)
-            add(key, "scratch", record)
-            if want_transfer and weights_file is not None:
-                overrides = overrides_for(key, "transfer") + [f"model.weights={weights_file}"]
-                record, _ = _run(key, "transfer", overrides, runs_dir, args.verbose)
-                add(key, "transfer", record)
+        for seed in args.seeds:
+            _say(f"== seed {seed}")
+            weights_file: Path | None = None
+            if need_source:
+                _say(f"[1] {DATASETS[PRETRAIN_SOURCE]['title']} from scratch"
+                     + (" (also the pretraining run for transfer)" if want_transfer else ""))
+                record, model, outputs = _run(PRETRAIN_SOURCE, "scratch",
+                                              overrides_for(PRETRAIN_SOURCE, "scratch", seed),
+                                              runs_dir, args.verbose, seed)
+                if PRETRAIN_SOURCE in args.datasets:
+                    done.setdefault((PRETRAIN_SOURCE, "scratch"), []).append((record, outputs))
+                if want_transfer:
+                    weights_file = runs_dir / f"pretrained-{PRETRAIN_SOURCE}-{BACKBONE}-{IMAGE_SIZE}px-seed{seed}.weights.h5"
+                    model.get_layer("backbone").save_weights(str(weights_file))
+                    pretraining.append({"seed": seed, "run_dir": record["run_dir"], "weights_file": str(weights_file),
+                                        "epochs": record["epochs"], "seconds": record["seconds"]})
+                    _say(f"  saved backbone weights to {weights_file}")
+            step = 2
+            for key in small:
+                _say(f"[{step}] {DATASETS[key]['title']}")
+                step += 1
+                record, _, outputs = _run(key, "scratch", overrides_for(key, "scratch", seed), runs_dir,
+                                          args.verbose, seed)
+                done.setdefault((key, "scratch"), []).append((record, outputs))
+                if want_transfer and weights_file is not None:
+                    overrides = overrides_for(key, "transfer", seed) + [f"model.weights={weights_file}"]
+                    record, _, outputs = _run(key, "transfer", overrides, runs_dir, args.verbose, seed)
+                    done.setdefault((key, "transfer"), []).append((record, outputs))
     except MedlensError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+    for key in args.datasets:
+        for variant in ("scratch", "transfer"):
+            if (key, variant) not in done:
+                continue
+            records = [record for record, _ in done[key, variant]]
+            entry = report["datasets"].setdefault(
+                key, {"title": DATASETS[key]["title"], "aim": {"auc": DATASETS[key]["aim"][0],
+                                                               "acc": DATASETS[key]["aim"][1]},
+                      "paper": [{"method": n, "auc": a, "acc": c} for n, a, c in DATASETS[key]["paper"]],
+                      "runs": {}})
+            rows = {variant: _aggregate(records)}
+            if len(records) > 1:
+                rows[f"{variant}-ensemble"] = _ensemble(records, [outputs for _, outputs in done[key, variant]])
+            for name, row in rows.items():
+                row["aim_status"] = _aim_status(row, DATASETS[key]["aim"])
+                entry["runs"][name] = row
+    if pretraining:
+        report["pretraining"] = {
+            "source": f"{DATASETS[PRETRAIN_SOURCE]['title']} train split (val split for early stopping), per seed",
+            "runs": pretraining,
+            "epochs": float(np.mean([p["epochs"] for p in pretraining])),
+            "seconds": float(np.mean([p["seconds"] for p in pretraining])),
+        }
 
     report["total_seconds"] = round(time.time() - started, 1)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

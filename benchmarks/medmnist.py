@@ -346,15 +346,14 @@ def _ensemble(records: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> d
     temperature = fit_temperature(val, val_labels)
     return {
         "seeds": [r["config"]["seed"] for r in records], "binary": binary, "ensemble": True,
-        "auc": chosen["auc"], "auc_ci95": chosen.get("auc_ci95"), "auc_sd": None,
-        "acc": chosen["accuracy"], "acc_sd": None, "acc_at_0.5": plain["accuracy"], "acc_at_0.5_sd": None,
+        "auc": chosen["auc"], "auc_ci95": chosen.get("auc_ci95"),
+        "acc": chosen["accuracy"], "acc_at_0.5": plain["accuracy"],
         "threshold": threshold, "temperature": temperature,
         "ece": expected_calibration_error(apply_temperature(test, temperature), test_labels),
         "ece_uncalibrated": expected_calibration_error(test, test_labels),
-        "ece_sd": None, "ece_uncalibrated_sd": None,
-        "seconds": float(sum(r["seconds"] for r in records)), "seconds_sd": None,
-        "epochs": int(sum(r["epochs"] for r in records)), "epochs_sd": None,
-    }
+        "seconds": float(sum(r["seconds"] for r in records)),
+        "epochs": int(sum(r["epochs"] for r in records)),
+    }  # one number each: no "_sd" (``_pm`` prints the value alone)
 
 
 def _pm(row: dict[str, Any], field: str, digits: int = 3) -> str:

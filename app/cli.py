@@ -149,6 +149,18 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_export(args: argparse.Namespace) -> int:
+    quiet_backend()
+    from medlens.pipelines.weights_export import export_backbone
+
+    done = export_backbone(args.run, args.out, overwrite=args.overwrite)
+    size = "x".join(str(v) for v in done["image_size"] or []) or "?"
+    print(f"wrote the {done['backbone']} backbone of {args.run} ({done['task']}, trained at {size} px) to "
+          f"{done['file']} (sha256 {done['sha256'][:16]}...); fine-tune it with "
+          f"model.backbone={done['backbone']} model.weights={done['file']}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from medlens.pipelines.config import list_presets, load_config
     from medlens.pipelines.tasks import task_named
@@ -311,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--arch", required=True, help="vgg16, vgg19, resnet50, resnet50v2 or densenet121")
     w.add_argument("--overwrite", action="store_true", help="replace a different file already installed")
     w.set_defaults(func=cmd_weights_import)
+    w = wsub.add_parser("export", help="write a trained run's backbone as a .weights.h5 file, to fine-tune "
+                                       "elsewhere with model.weights=FILE")
+    w.add_argument("run", help="a finished classification run directory")
+    w.add_argument("--out", required=True, help="the weights file to write (name ending in .weights.h5)")
+    w.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    w.set_defaults(func=cmd_weights_export)
 
     p = sub.add_parser("presets", help="list the presets shipped with medlens")
     p.set_defaults(func=cmd_presets)

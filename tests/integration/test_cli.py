@@ -128,6 +128,57 @@ def test_weights_import_installs_where_keras_looks(tmp_path, monkeypatch, capsys
     assert "nope.h5" in capsys.readouterr().err
 
 
+def test_weights_export_then_fine_tune_from_it(tmp_path, tiny_run, tiny_seg_run, phantom_dir, capsys):
+    """A run's backbone, exported, is what a new run at another size starts from; nothing is overwritten."""
+    from medlens.models.classifier import build_classifier, get_backbone
+    from medlens.models.weights import same_weights
+    from medlens.pipelines.evaluation.classification_run import load_run_model
+    from medlens.pipelines.rundir import file_sha256
+
+    exported = tmp_path / "pretrained.weights.h5"
+    assert main(["weights", "export", str(tiny_run), "--out", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn" in out and "48x48" in out and f"model.weights={exported}" in out, out
+    source = get_backbone(load_run_model(tiny_run))
+
+    # Fine-tune at 40 px (the run was trained at 48): the head alone trains, so the backbone stays as exported.
+    config = _tiny_yaml(tmp_path, phantom_dir)
+    run = tmp_path / "fine-tuned"
+    assert main(["train", str(config), "--out", str(run), f"model.weights={exported}",
+                 "train.phase1.unfreeze_blocks=0", "train.phase2.epochs=0"]) == 0
+    capsys.readouterr()
+    assert same_weights(get_backbone(load_run_model(run)), source)
+    from_scratch = tmp_path / "scratch"
+    assert main(["train", str(config), "--out", str(from_scratch), "train.phase1.unfreeze_blocks=0",
+                 "train.phase2.epochs=0"]) == 0
+    capsys.readouterr()
+    assert not same_weights(get_backbone(load_run_model(from_scratch)), source)
+
+    before = file_sha256(exported)
+    assert main(["weights", "export", str(run), "--out", str(exported)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and str(exported) in err and "\n" not in err, err
+    assert file_sha256(exported) == before
+    assert main(["weights", "export", str(from_scratch), "--out", str(exported), "--overwrite"]) == 0
+    capsys.readouterr()
+    reloaded = get_backbone(build_classifier("small_cnn", 2, (40, 40, 3), weights=str(exported), dense_units=8))
+    assert same_weights(reloaded, get_backbone(load_run_model(from_scratch)))
+    assert not same_weights(reloaded, source)
+
+    for argv, fragment, named in (
+        (["weights", "export", str(tiny_run), "--out", str(tmp_path / "b.h5")], ".weights.h5", "b.h5"),
+        (["weights", "export", str(tmp_path / "no-run"), "--out", str(tmp_path / "c.weights.h5")],
+         "not found", "no-run"),
+        (["weights", "export", str(tiny_seg_run), "--out", str(tmp_path / "d.weights.h5")],
+         "no classifier backbone", str(tiny_seg_run)),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medlens: error:") and "\n" not in err and fragment in err and named in err, err
+        assert not (tmp_path / "c.weights.h5").exists() and not (tmp_path / "d.weights.h5").exists()
+    assert not list(tmp_path.glob(".*.tmp.weights.h5"))
+
+
 def test_console_script_help_and_error_exit(tmp_path):
     script = Path(sys.executable).with_name("medlens")
     assert script.is_file(), "pip install should create the medlens console script"

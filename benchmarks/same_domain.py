@@ -175,7 +175,8 @@ def kermany_manifest(path: Path, seed: int) -> dict[str, Any]:
                 break
             taken += patients[patient][: N_PER_CLASS - len(taken)]
         chosen += taken
-    test = [row for row in rows if row["split"] == "test"]
+    # The data README: ids are local to each split (170 names recur in train and test), so test ids get a prefix.
+    test = [{**row, "patient_id": f"test-{row['patient_id']}"} for row in rows if row["split"] == "test"]
     out = [{**{k: row[k] for k in header}, "path": str((subset / row["path"]).resolve())} for row in chosen + test]
     _write_csv(path, header, out)
     return {"train": len(chosen), "test": len(test), "train_patients": len({r["patient_id"] for r in chosen})}
@@ -192,13 +193,13 @@ def _train(preset: str, name: str, overrides: list[str], seed: int, runs: Path) 
 def pretrain(name: str, manifest: Path, findings: list[str], seed: int, runs: Path, quick: list[str]
              ) -> dict[str, Any]:
     """Train the backbone on ``manifest``; save it; return a record with its weights file."""
-    from medlens.pipelines.evaluation.classification_run import load_run_model
+    from medlens.pipelines.weights_export import export_backbone
 
     result = _train("chest-xray14", f"pretrain-{name}",
                     [f"data.root={manifest.parent}", f"data.manifest={manifest}", "data.columns.split=split",
                      f"data.findings=[{','.join(findings)}]", *PRETRAIN, *quick], seed, runs)
     weights = runs / f"backbone-{name}-s{seed}.weights.h5"
-    load_run_model(result.run_dir).get_layer("backbone").save_weights(str(weights))
+    export_backbone(result.run_dir, weights, overwrite=True)  # what `medlens weights export` writes
     metrics = result.metrics
     record = {"seed": seed, "weights": str(weights), "epochs": result.epochs_run, "seconds": round(result.seconds, 1),
               "own_test_macro_auc": metrics.get("macro_auc"),

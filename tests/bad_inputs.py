@@ -71,9 +71,10 @@ class BadCase:
     Attributes:
         name: Short id (used as the pytest id).
         path: The file (or folder / manifest / mask) to feed in.
-        expect: ``"load"`` or ``"error"``.
+        expect: ``"load"``, ``"error"``, or ``"skip"`` (a manifest row left out with a warning, the
+            good rows kept).
         shape: For ``"load"``: ``(height, width, channels)`` of the first frame.
-        reason: For ``"error"``: a lowercase substring of the one-line reason.
+        reason: For ``"error"`` and ``"skip"``: a lowercase substring of the one-line reason.
         frames: For ``"load"``: records :func:`read_frames` gives (DICOM frames, NIfTI slices).
         kind: ``"file"`` (any reader), ``"folder"`` (:func:`list_images` must terminate, list
             ``path/inside.png`` and every real file once), ``"dataset"`` (the empty class folder
@@ -86,7 +87,7 @@ class BadCase:
 
     name: str
     path: Path
-    expect: Literal["load", "error"]
+    expect: Literal["load", "error", "skip"]
     shape: tuple[int, int, int] | None = None
     reason: str | None = None
     frames: int = 1
@@ -412,7 +413,7 @@ def _dataset_cases(folder: Path) -> list[BadCase]:
     rows.append(["gone/missing_scan.png", "1"])
     with open(root / "manifest.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    cases.append(BadCase("manifest_missing_file", root / "manifest.csv", "error", reason="missing files",
+    cases.append(BadCase("manifest_missing_file", root / "manifest.csv", "skip", reason="file not found",
                          kind="manifest", other=Path("gone/missing_scan.png")))
 
     # A segmentation pair whose mask is smaller than its image.

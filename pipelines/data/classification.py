@@ -3,8 +3,8 @@
 :func:`load_dataset` turns a :class:`~medlens.pipelines.config.DataConfig` into a
 :class:`~medlens.pipelines.data.sources.Dataset`: class names, one source per split
 (``train``, ``val``, ``test``) and a report (class counts, duplicates dropped, patients per
-split). Exact duplicate files are dropped by content hash before splitting, splits given in
-the data are kept, and missing ones are made (:mod:`medlens.pipelines.data.splits`).
+split, rows skipped). Exact duplicate files are dropped by content hash before splitting, splits
+given in the data are kept, and missing ones are made (:mod:`medlens.pipelines.data.splits`).
 
 Example (needs the data)::
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens.pipelines.config import DataConfig
-from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_each_row, read_rows
 from medlens.pipelines.data.sources import ArraySource, Dataset, FileSource, ImageSource
 from medlens.pipelines.data.splits import SPLIT_ALIASES, SPLITS, assign_splits, normalise_split, split_pool
 from medlens.pipelines.errors import ConfigError, DatasetError
@@ -99,81 +99,95 @@ def _scan_folder(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
     return table, class_names
 
 
-def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str]]:
+def _read_manifest(cfg: DataConfig, root: Path) -> tuple[_Table, list[str], dict]:
     manifest = manifest_path(root, cfg.manifest)
-    columns, rows = read_rows(manifest, (cfg.column("image"), cfg.column("label")))
-    raw_labels = [(row.get(cfg.column("label")) or "").strip() for row in rows]
-    empty = [i + 2 for i, value in enumerate(raw_labels) if not value]
-    if empty:
-        raise DatasetError(f"{manifest}: empty {cfg.column('label')!r} on line(s) {', '.join(map(str, empty[:5]))}")
-    labels, class_names = _parse_labels(raw_labels, rows, cfg, manifest)
-
-    paths: list[Path] = []
-    missing: list[str] = []
+    image_column, label_column = cfg.column("image"), cfg.column("label")
+    columns, rows = read_rows(manifest, (image_column, label_column))
+    patient_column = cfg.column("patient_id") if cfg.column("patient_id") in columns else ""
+    split_column = cfg.column("split") if cfg.column("split") in columns else ""
+    label_of, class_names = _label_reader(rows, cfg)
     files = ManifestFiles(manifest, root)
-    for row in rows:
-        value = (row.get(cfg.column("image")) or "").strip()
-        path = files(value)
+
+    def read(line: int, row: dict[str, str]) -> tuple[Path, int, str, str | None]:
+        label = label_of(row)
+        path = files(row.get(image_column))
+        if path is None:
+            raise ValueError(f"empty {image_column!r}")
         if not files.exists(path):
-            missing.append(value or "(empty path)")
-        paths.append(path or root)
-    if missing:
-        shown = ", ".join(missing[:5])
-        raise DatasetError(
-            f"{manifest}: {len(missing)} row(s) point at missing files under {files.base}, e.g. {shown}"
-        )
-
-    groups = None
-    if cfg.column("patient_id") and cfg.column("patient_id") in columns:
-        groups = [
-            (row.get(cfg.column("patient_id")) or "").strip() or f"__row{i}" for i, row in enumerate(rows)
-        ]
-    splits = None
-    if cfg.column("split") and cfg.column("split") in columns:
-        splits = []
-        for i, row in enumerate(rows):
-            value = (row.get(cfg.column("split")) or "").strip()
+            raise ValueError(f"file not found under {files.base}: {(row.get(image_column) or '').strip()}")
+        split = None
+        if split_column:
+            value = (row.get(split_column) or "").strip()
             if not value:
-                raise DatasetError(f"{manifest}: empty {cfg.column('split')!r} on line {i + 2}")
-            splits.append(normalise_split(value, f"{manifest} line {i + 2}"))
-    return _Table(paths, labels, groups, splits), class_names
+                raise ValueError(f"empty {split_column!r}")
+            split = normalise_split(value, f"{manifest} line {line}")
+        return path, label, (row.get(patient_column) or "").strip() or f"__row{line}", split
+
+    kept, skipped = read_each_row(manifest, rows, read)
+    paths, labels, groups, splits = (list(column) for column in zip(*kept, strict=True))
+    table = _Table(paths, labels, groups if patient_column else None, splits if split_column else None)
+    return table, class_names, skipped
 
 
-def _parse_labels(
-    raw: list[str], rows: list[dict[str, str]], cfg: DataConfig, manifest: Path
-) -> tuple[list[int], list[str]]:
+def _label_reader(rows: list[dict[str, str]], cfg: DataConfig) -> tuple[Callable[[dict[str, str]], int], list[str]]:
+    """The class names, and a function from a row to its label index (``ValueError`` for a bad label).
+
+    Labels are class indices when every non-empty label is an integer, else class names; without
+    ``class_names`` the classes are the indices seen (named by a one-to-one ``class_name`` column
+    when there is one) or the names seen, sorted.
+    """
+    column = cfg.column("label")
+    raw = [(row.get(column) or "").strip() for row in rows]
+    given = [value for value in raw if value]
     try:
-        numbers = [int(value) for value in raw]
+        numbers = [int(value) for value in given]
     except ValueError:
         numbers = None
     if numbers is not None:
-        if min(numbers) < 0:
-            raise DatasetError(f"{manifest}: negative label {min(numbers)} in {cfg.column('label')!r}")
-        count = max(numbers) + 1
         if cfg.class_names:
-            if count > len(cfg.class_names):
-                line = next(i for i, n in enumerate(numbers) if n >= len(cfg.class_names)) + 2
-                raise DatasetError(
-                    f"{manifest} line {line}: label {numbers[line - 2]} but only {len(cfg.class_names)} class_names "
-                    f"(0..{len(cfg.class_names) - 1})"
-                )
-            return numbers, list(cfg.class_names)
-        # A "class_name" column that maps labels one-to-one names the classes.
-        if "class_name" in rows[0] and cfg.column('label') != "class_name":
-            mapping: dict[int, set[str]] = {}
-            for number, row in zip(numbers, rows, strict=True):
-                mapping.setdefault(number, set()).add((row.get("class_name") or "").strip())
-            if all(len(v) == 1 and "" not in v for v in mapping.values()) and len(mapping) == count:
-                return numbers, [next(iter(mapping[i])) for i in range(count)]
-        return numbers, [str(i) for i in range(count)]
-    class_names = list(cfg.class_names) if cfg.class_names else sorted(set(raw))
+            class_names = list(cfg.class_names)
+        else:
+            count = max([n for n in numbers if n >= 0], default=-1) + 1
+            class_names = _named_indices(rows, cfg, count)
+
+        def label_of(row: dict[str, str]) -> int:
+            value = (row.get(column) or "").strip()
+            if not value:
+                raise ValueError(f"empty {column!r}")
+            number = int(value)
+            if number < 0:
+                raise ValueError(f"negative label {number} in {column!r}")
+            if number >= len(class_names):
+                raise ValueError(f"label {number} but only {len(class_names)} class_names (0..{len(class_names) - 1})")
+            return number
+
+        return label_of, class_names
+    class_names = list(cfg.class_names) if cfg.class_names else sorted(set(given))
     index = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted(set(raw) - set(index))
-    if unknown:
-        raise DatasetError(
-            f"{manifest}: label {unknown[0]!r} is not one of class_names ({', '.join(class_names)})"
-        )
-    return [index[value] for value in raw], class_names
+
+    def name_of(row: dict[str, str]) -> int:
+        value = (row.get(column) or "").strip()
+        if not value:
+            raise ValueError(f"empty {column!r}")
+        if value not in index:
+            raise ValueError(f"label {value!r} is not one of class_names ({', '.join(class_names)})")
+        return index[value]
+
+    return name_of, class_names
+
+
+def _named_indices(rows: list[dict[str, str]], cfg: DataConfig, count: int) -> list[str]:
+    """Names of classes ``0..count-1``: a ``class_name`` column that maps labels one-to-one, else the indices."""
+    column = cfg.column("label")
+    if "class_name" in rows[0] and column != "class_name":
+        mapping: dict[int, set[str]] = {}
+        for row in rows:
+            value = (row.get(column) or "").strip()
+            if value and int(value) >= 0:
+                mapping.setdefault(int(value), set()).add((row.get("class_name") or "").strip())
+        if all(len(v) == 1 and "" not in v for v in mapping.values()) and len(mapping) == count:
+            return [next(iter(mapping[i])) for i in range(count)]
+    return [str(i) for i in range(count)]
 
 
 def _resolve(path_text: str, what: str) -> Path:
@@ -241,7 +255,9 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     optionally ``val/``) folders each holding class folders. ``csv``: ``cfg.manifest``
     (relative to ``cfg.root`` unless absolute) with path/label and optional patient/split
     columns; file paths are relative to the manifest's folder, as for every task
-    (:class:`~medlens.pipelines.data.manifest.ManifestFiles`). ``npz``: MedMNIST file ``cfg.npz``
+    (:class:`~medlens.pipelines.data.manifest.ManifestFiles`); a row with a missing file, an
+    empty or unknown label or a bad split is skipped with a warning naming the manifest and
+    line (:func:`~medlens.pipelines.data.manifest.read_each_row`). ``npz``: MedMNIST file ``cfg.npz``
     with its official splits (not deduplicated).
 
     With ``cfg.dedupe``, byte-identical files are collapsed to the first copy; a file found
@@ -256,7 +272,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
 
     Raises:
         ConfigError: unknown kind or empty root/npz setting.
-        DatasetError: missing folder/manifest/file, empty class folder, missing column.
+        DatasetError: missing folder or manifest, empty class folder, missing column, no usable row.
     """
     if cfg.kind == "npz":
         dataset = _load_npz(cfg, seed)
@@ -266,12 +282,13 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
             raise DatasetError(f"{root}: data root folder not found")
         if cfg.kind == "folder":
             table, class_names = _scan_folder(cfg, root)
+            skipped: dict = {}
         else:
-            table, class_names = _read_manifest(cfg, root)
+            table, class_names, skipped = _read_manifest(cfg, root)
         pool = FileSource(table.paths, table.labels, table.groups, class_names)
         splits, found = split_pool(pool, table.splits, cfg.val_fraction, cfg.test_fraction, seed,
                                    remove_duplicates=cfg.dedupe, where=str(root))
-        dataset = Dataset(class_names, splits, {"kind": cfg.kind, "source": str(root), **found})
+        dataset = Dataset(class_names, splits, {"kind": cfg.kind, "source": str(root), **found, **skipped})
     else:
         raise ConfigError(f"config key 'data.kind' is {cfg.kind!r}; choose one of folder, csv, npz")
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from medlens.pipelines.config import FindingsDataConfig
 from medlens.pipelines.data.classification import _resolve, read_npz_pool
-from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_each_row, read_rows
 from medlens.pipelines.data.sources import Dataset, FileSource
 from medlens.pipelines.data.splits import assign_splits, normalise_split, split_pool
 from medlens.pipelines.errors import DatasetError
@@ -43,7 +43,6 @@ __all__ = ["load_findings", "finding_counts", "parse_finding_value"]
 log = logging.getLogger(__name__)
 
 _MISSING = float("nan")
-_SHOWN = 5  # bad rows named one by one before the rest are counted
 
 
 def parse_finding_value(text: str, uncertain: str) -> float:
@@ -123,32 +122,22 @@ def _read_manifest(cfg: FindingsDataConfig, root: Path) -> tuple[FileSource, lis
     patient_column = patient_column if patient_column in columns else ""
     split_column = split_column if split_column in columns else ""
 
-    paths, labels, groups, splits, bad = [], [], [], [], []
     files = ManifestFiles(manifest, root)
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+
+    def read(line: int, row: dict[str, str]) -> tuple[Path, np.ndarray, str, str | None]:
         path = files(row.get(image_column))
-        try:
-            if path is None:
-                raise ValueError(f"empty {image_column!r}")
-            if not files.exists(path):
-                raise ValueError(f"file not found: {path}")
-            vector = _row_labels(cfg, row, findings, pipe_column)
-            split = normalise_split(row.get(split_column) or "", f"{manifest} line {number}") if split_column else None
-        except (ValueError, DatasetError) as exc:
-            bad.append(f"{manifest} line {number}: {getattr(exc, 'reason', exc)}")
-            continue
-        paths.append(path)
-        labels.append(vector)
-        groups.append((row.get(patient_column) or "").strip() or f"__row{number}")
-        splits.append(split)
-    for line in bad[:_SHOWN]:
-        log.warning("skipped %s", line)
-    if len(bad) > _SHOWN:
-        log.warning("skipped %d more bad row(s) of %s", len(bad) - _SHOWN, manifest)
-    if not paths:
-        raise DatasetError(f"{manifest}: no usable rows ({bad[0] if bad else 'none'})")
+        if path is None:
+            raise ValueError(f"empty {image_column!r}")
+        if not files.exists(path):
+            raise ValueError(f"file not found: {path}")
+        vector = _row_labels(cfg, row, findings, pipe_column)
+        split = normalise_split(row.get(split_column) or "", f"{manifest} line {line}") if split_column else None
+        return path, vector, (row.get(patient_column) or "").strip() or f"__row{line}", split
+
+    kept, skipped = read_each_row(manifest, rows, read)
+    paths, labels, groups, splits = (list(column) for column in zip(*kept, strict=True))
     source = FileSource(paths, np.stack(labels), groups if patient_column else None, findings)
-    return source, (splits if split_column else None), findings, {"rows_skipped": len(bad), "skipped": bad[:20]}
+    return source, (splits if split_column else None), findings, skipped
 
 
 def _load_npz(cfg: FindingsDataConfig, seed: int) -> Dataset:

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medlens.pipelines.errors import DatasetError
 
-__all__ = ["manifest_path", "read_rows", "file_path", "ManifestFiles"]
+__all__ = ["manifest_path", "read_rows", "read_each_row", "file_path", "ManifestFiles"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_SHOWN = 5  # bad rows named one by one in the log before the rest are counted
+_KEPT = 20  # bad rows named in the dataset report (the count covers them all)
 
 
 def manifest_path(root: Path, name: str, default: str = "manifest.csv") -> Path:
@@ -50,6 +55,40 @@ def read_rows(manifest: Path, required: Sequence[str] = ()) -> tuple[list[str], 
     if not rows:
         raise DatasetError(f"{manifest}: manifest has no rows")
     return header, rows
+
+
+def read_each_row(manifest: Path, rows: Sequence[dict[str, str]], read: Callable[[int, dict[str, str]], _T]
+                  ) -> tuple[list[_T], dict[str, Any]]:
+    """``read(line, row)`` for each row; a row it rejects is skipped, and the good rows are kept.
+
+    The one bad-row rule of every loader: ``read`` raises ``ValueError`` or ``DatasetError``
+    saying what is wrong with a row; that row is left out with a one-line warning naming the
+    manifest and line (the first few one by one, then a count). Line numbers count the header
+    as line 1.
+
+    Returns:
+        The values ``read`` returned for the good rows, and the report entries
+        ``{"rows_skipped": n, "skipped": ["<manifest> line N: why", ...]}``.
+
+    Raises:
+        DatasetError: no row is usable (naming the first bad row's problem).
+    """
+    kept: list[_T] = []
+    bad: list[str] = []
+    prefix = f"{manifest} line "
+    for line, row in enumerate(rows, start=2):
+        try:
+            kept.append(read(line, row))
+        except (ValueError, DatasetError) as exc:
+            text = str(exc)
+            bad.append(text if text.startswith(prefix) else f"{prefix}{line}: {text}")
+    for reason in bad[:_SHOWN]:
+        log.warning("skipped %s", reason)
+    if len(bad) > _SHOWN:
+        log.warning("skipped %d more bad row(s) of %s", len(bad) - _SHOWN, manifest)
+    if not kept:
+        raise DatasetError(f"{manifest}: no usable rows ({bad[0] if bad else 'none'})")
+    return kept, {"rows_skipped": len(bad), "skipped": bad[:_KEPT]}
 
 
 def file_path(text: str | None, base: Path) -> Path | None:

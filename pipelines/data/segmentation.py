@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.config import SegDataConfig
-from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_rows
+from medlens.pipelines.data.manifest import ManifestFiles, manifest_path, read_each_row, read_rows
 from medlens.pipelines.data.pairs import (
     DEFAULT_MASK_SUFFIXES,
     SegSample,
@@ -98,7 +98,7 @@ def _as_config(spec: Mapping[str, Any] | SegDataConfig) -> SegDataConfig:
     return SegDataConfig(**dict(spec))
 
 
-def _load_drive(cfg: SegDataConfig, root: Path) -> list[SegSample]:
+def _load_drive(cfg: SegDataConfig, root: Path) -> tuple[list[SegSample], dict]:
     manifest = manifest_path(root, cfg.manifest)
     if manifest.is_file():
         columns = {"image": "image", "mask": "manual1", "fov": "fov_mask", "patient_id": "id",
@@ -124,7 +124,7 @@ def _load_drive(cfg: SegDataConfig, root: Path) -> list[SegSample]:
         for sample in pairs:
             number = _keys(sample.image_path, _suffix_pattern(DEFAULT_MASK_SUFFIXES))[1]
             samples.append(dataclasses.replace(sample, patient_id=number, mask2_path=second.get(sample.image_path)))
-    return samples
+    return samples, {}
 
 
 def _column(header: Sequence[str], columns: Mapping[str, str], role: str, manifest: Path, required: bool) -> str | None:
@@ -140,34 +140,28 @@ def _column(header: Sequence[str], columns: Mapping[str, str], role: str, manife
     return None
 
 
-def _read_manifest(manifest: Path, root: Path, columns: Mapping[str, str]) -> list[SegSample]:
+def _read_manifest(manifest: Path, root: Path, columns: Mapping[str, str]) -> tuple[list[SegSample], dict]:
     header, rows = read_rows(manifest)
     roles = {role: _column(header, columns, role, manifest, role in ("image", "mask")) for role in _DEFAULT_COLUMNS}
-
-    samples: list[SegSample] = []
-    missing: list[Path] = []
     files = ManifestFiles(manifest, root)
-    for line, row in enumerate(rows, start=2):
-        def cell(role: str, row: dict[str, Any] = row) -> str:
+
+    def read(line: int, row: dict[str, str]) -> SegSample:
+        def cell(role: str) -> str:
             column = roles[role]
             return (row.get(column) or "").strip() if column else ""
 
-        image = files(cell("image"))
-        mask = files(cell("mask"))
+        image, mask = files(cell("image")), files(cell("mask"))
         if image is None or mask is None:
-            raise DatasetError(f"{manifest}: line {line} has an empty image or mask cell")
-        fov = files(cell("fov"))
-        mask2 = files(cell("mask2"))
-        for path in (image, mask, fov, mask2):
-            if path is not None and not files.exists(path):
-                missing.append(path)
-        patient = cell("patient_id") or None
+            raise ValueError("empty image or mask cell")
+        fov, mask2 = files(cell("fov")), files(cell("mask2"))
+        missing = [path for path in (image, mask, fov, mask2) if path is not None and not files.exists(path)]
+        if missing:
+            raise ValueError(f"file not found: {missing[0]}")
         split_text = cell("split")
         split = normalise_split(split_text, f"{manifest} line {line}") if split_text else None
-        samples.append(SegSample(image, mask, fov, patient, split, mask2))
-    if missing:
-        raise DatasetError(f"{manifest}: {len(missing)} listed file(s) not found ({', '.join(str(p) for p in missing[:3])})")
-    return samples
+        return SegSample(image, mask, fov, cell("patient_id") or None, split, mask2)
+
+    return read_each_row(manifest, rows, read)
 
 
 def _load_folders(cfg: SegDataConfig, root: Path) -> list[SegSample]:
@@ -202,11 +196,12 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
 
     Returns:
         A :class:`SegDataset`; ``report`` holds ``kind``, ``root``, ``counts`` per split,
-        ``patients`` per split (when known) and ``carved`` (splits made here).
+        ``patients`` per split (when known), ``carved`` (splits made here) and, for a manifest,
+        ``rows_skipped`` (rows left out with a warning: an empty cell, a missing file, a bad split).
 
     Raises:
         ConfigError: Unknown layout or keys.
-        DatasetError: Missing folders/files, unpairable names.
+        DatasetError: Missing folders, unpairable names, a manifest with no usable row.
         ImageReadError: A mask or FOV whose size differs from its image's (both files named).
 
     Example:
@@ -216,6 +211,7 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         # {'train': 46, 'val': 23, 'test': 20}
     """
     cfg = _as_config(spec)
+    skipped: dict = {}
     if cfg.kind == "folders":  # the old spelling (load_config rewrites it with a notice)
         cfg = dataclasses.replace(cfg, kind="folder")
     if cfg.kind not in SEG_LAYOUTS:
@@ -227,14 +223,14 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         hint = "" if os.environ.get("MEDLENS_DATA") else " (shared datasets are found through $MEDLENS_DATA, default ../shared/data from the current folder)"
         raise DatasetError(f"{root}: dataset folder not found{hint}")
     if cfg.kind == "drive":
-        samples = _load_drive(cfg, root)
+        samples, skipped = _load_drive(cfg, root)
     elif cfg.kind == "folder":
         samples = _load_folders(cfg, root)
     else:
         if not cfg.manifest:
             raise ConfigError("segmentation data kind 'csv' needs a manifest file")
         manifest = manifest_path(root, cfg.manifest)
-        samples = _read_manifest(manifest, root, cfg.columns)
+        samples, skipped = _read_manifest(manifest, root, cfg.columns)
     if not samples:
         raise DatasetError(f"{root}: no image/mask pairs found")
     check_sizes(samples)
@@ -250,6 +246,7 @@ def load_seg_dataset(spec: Mapping[str, Any] | SegDataConfig, seed: int = 0) -> 
         "patients_shared": shared,
         "carved": sorted(name for name in SPLITS if name not in had and splits[name]),
         "fov": any(s.fov_path is not None for s in samples),
+        **skipped,
     }
     logger.info("segmentation data %s: %s", root, report["counts"])
     return SegDataset(splits=splits, report=report)

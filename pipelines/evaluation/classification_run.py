@@ -24,7 +24,7 @@ from medlens.pipelines.evaluation import calibration
 from medlens.pipelines.evaluation.classification import choose_threshold, classification_metrics
 from medlens.pipelines.evaluation.plots import plot_confusion, plot_history, plot_roc
 from medlens.pipelines.evaluation.probabilities import to_probabilities
-from medlens.pipelines.evaluation.runs import backbone_line, card_opening
+from medlens.pipelines.evaluation.runs import backbone_line, card_opening, skipped_rows_lines
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_run", "load_run_model", "write_model_card", "predict_source"]
@@ -165,6 +165,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}",
         f"- Class counts per split: {json.dumps(counts)}",
         f"- Duplicates removed before splitting: {state.get('data_report', {}).get('duplicates_dropped', 0)}",
+        *skipped_rows_lines(state),
         "",
         "## Test results",
         f"- n = {test.get('n')}, accuracy {_fmt(test.get('accuracy'))}, AUC {_fmt(test.get('auc'))}"

@@ -17,7 +17,14 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
-from medlens.pipelines.evaluation.runs import backbone_line, card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.evaluation.runs import (
+    backbone_line,
+    card_opening,
+    finish_card,
+    fmt,
+    run_parts,
+    skipped_rows_lines,
+)
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_multilabel_run", "predict_findings", "write_multilabel_card"]
@@ -87,7 +94,7 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}; splits "
         f"{state.get('data_report', {}).get('splits_from')}, patients per split "
         f"{state.get('data_report', {}).get('patients')}",
-        f"- Rows skipped as unreadable: {state.get('data_report', {}).get('rows_skipped', 0)}",
+        *skipped_rows_lines(state),
         "",
         "## Test results",
         f"- n = {test.get('n')}, macro AUC {fmt(test.get('macro_auc'))} over {len(test.get('auc_findings', []))} "

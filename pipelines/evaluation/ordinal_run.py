@@ -18,7 +18,14 @@ from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.classification import choose_threshold
 from medlens.pipelines.evaluation.ordinal import ordinal_metrics
-from medlens.pipelines.evaluation.runs import backbone_line, card_opening, finish_card, fmt, run_parts
+from medlens.pipelines.evaluation.runs import (
+    backbone_line,
+    card_opening,
+    finish_card,
+    fmt,
+    run_parts,
+    skipped_rows_lines,
+)
 from medlens.pipelines.rundir import RunDir, threshold_record
 
 __all__ = ["evaluate_ordinal_run", "predict_cumulative", "write_ordinal_card"]
@@ -83,6 +90,7 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
         "## Data",
         f"- Source: {cfg['data'].get('kind')} {cfg['data'].get('npz') or cfg['data'].get('root')}",
         f"- Grade counts per split: {state.get('data_report', {}).get('class_counts')}",
+        *skipped_rows_lines(state),
         "",
         "## Test results",
         f"- n = {test.get('n')}, quadratic weighted kappa {fmt(test.get('qwk'))}"

@@ -53,6 +53,16 @@ def backbone_line(state: dict[str, Any], note: str = "") -> str:
             + (f"; {note}" if note else ""))
 
 
+def skipped_rows_lines(state: dict[str, Any]) -> list[str]:
+    """The model card's line on manifest rows left out as unreadable (none for data without a manifest)."""
+    report = state.get("data_report") or {}
+    if "rows_skipped" not in report:
+        return []
+    examples = report.get("skipped") or []
+    return [f"- Manifest rows skipped as unreadable: {report['rows_skipped']}"
+            + (f" (first: {examples[0]})" if examples else "")]
+
+
 _CARD_HEADING = "## Explanation checks"
 
 

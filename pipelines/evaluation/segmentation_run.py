@@ -22,6 +22,7 @@ from medlens.pipelines.data import (
     load_seg_dataset,
 )
 from medlens.pipelines.errors import ConfigError
+from medlens.pipelines.evaluation.runs import skipped_rows_lines
 from medlens.pipelines.evaluation.segmentation import seg_metrics
 from medlens.pipelines.rundir import RunDir, atomic_write_csv, atomic_write_text, threshold_record
 from medlens.pipelines.seg_model import SegModel
@@ -182,6 +183,7 @@ def write_seg_model_card(run_dir: str | Path) -> Path:
         f"{', ' + state['encoder'] + ' encoder (' + str(state['encoder_weights']) + ')' if state['encoder'] != 'none' else ''}.",
         f"- Data: {config.get('data', {}).get('kind')} at {config.get('data', {}).get('root')}; "
         f"splits {state['data_report'].get('split_counts', state['data_report'].get('counts', ''))}.",
+        *skipped_rows_lines(state),
         f"- Input: {state['channels']} channel(s); {state['mode']} mode "
         f"({'patches of ' + str(state['patch_size']) + ' px, tiles of ' + str(state['tile']) if state['mode'] == 'patch' else 'resized to ' + str(state['image_size'])}).",
         f"- Trained {state['epochs_run']} epochs in {state['train_seconds']:.0f} s on Keras {state['keras_version']} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import shutil
 import signal
@@ -192,16 +193,21 @@ def test_predict_with_gradcam_loses_nothing(tiny_run, phantom_dir, corpus, tmp_p
 
 
 @pytest.mark.parametrize("name", _case_names("dataset", "manifest", "mask"))
-def test_loader_case(corpus, name: str) -> None:
+def test_loader_case(corpus, name: str, caplog) -> None:
     case = corpus[1][name]
     if case.kind == "dataset":
         with pytest.raises(DatasetError) as info:
             load_dataset(DataConfig(kind="folder", root=str(case.path.parent)), seed=0)
         _check_error(case, info.value)
-    elif case.kind == "manifest":
-        with pytest.raises(DatasetError) as info:
-            load_dataset(DataConfig(kind="csv", root=str(case.path.parent), manifest=case.path.name), seed=0)
-        _check_error(case, info.value, case.other)
+    elif case.kind == "manifest":  # the bad row is named and left out; the good rows train
+        assert case.expect == "skip"
+        with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+            dataset = load_dataset(DataConfig(kind="csv", root=str(case.path.parent), manifest=case.path.name,
+                                              val_fraction=0.0, test_fraction=0.0), seed=0)
+        assert dataset.report["rows_skipped"] == 1
+        assert sum(len(source) for source in dataset.splits.values()) == len(case.path.read_text().splitlines()) - 2
+        (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        _check_error(case, DatasetError(warning.getMessage()), case.other)
     else:
         sample = SegSample(image_path=str(case.other), mask_path=str(case.path))
         for call in (lambda: load_pair(sample), lambda: check_sizes([sample])):

@@ -4,6 +4,7 @@ call, and a run on RetinaMNIST through train, evaluate, predict, explain and the
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import cv2
@@ -133,16 +134,25 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
     keras.backend.clear_session()
 
 
-def test_a_grade_outside_the_scale_names_its_line(tmp_path, phantom_dir):
+def test_a_grade_outside_the_scale_names_its_line_and_the_good_rows_are_kept(tmp_path, phantom_dir, caplog):
     from medlens.pipelines.errors import DatasetError
     from medlens.pipelines.tasks import TASKS
 
-    image = sorted((phantom_dir / "lesion").iterdir())[0]
-    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{image},{g}\n" for g in (0, 1, 2, 7, 1)))
+    images = sorted((phantom_dir / "lesion").iterdir())[:5]
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{image},{g}\n" for image, g in zip(images, (0, 1, 2, 7, 1), strict=True)))
     cfg = load_config({"task": "ordinal", "evaluate": {"referable": 1},
                        "data": {"kind": "csv", "root": str(tmp_path), "manifest": "m.csv",
-                                "class_names": ["none", "mild", "severe"], "dedupe": False}})
-    with pytest.raises(DatasetError, match=r"m.csv line 5: label 7 but only 3 class_names \(0..2\)") as caught:
+                                "class_names": ["none", "mild", "severe"], "dedupe": False,
+                                "val_fraction": 0.0, "test_fraction": 0.0}})
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+        dataset = TASKS["ordinal"].load_data(cfg.data, seed=0)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"skipped {tmp_path / 'm.csv'} line 5: label 7 but only 3 class_names (0..2)"]
+    assert dataset.report["rows_skipped"] == 1
+    kept = sorted((str(p), int(g)) for s in dataset.splits.values() for p, g in zip(s.paths, s.labels, strict=True))
+    assert kept == sorted((str(image), g) for image, g in zip(images, (0, 1, 2, 7, 1), strict=True) if g != 7)
+    (tmp_path / "m.csv").write_text(f"path,label\n{images[0]},7\n")  # nothing usable: one line
+    with pytest.raises(DatasetError, match=r"m.csv: no usable rows \(.*m.csv line 2: label 7 but only 3 class_names") as caught:
         TASKS["ordinal"].load_data(cfg.data, seed=0)
     assert "\n" not in str(caught.value)
 

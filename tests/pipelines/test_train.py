@@ -33,6 +33,26 @@ def test_run_directory_is_complete(tiny_run):
     assert metrics["threshold"]["chosen_on"] == "val"
     assert test["threshold"] == pytest.approx(run.read_state()["threshold"])
     assert "Decision support only" in run.card_path.read_text()
+    assert "- Manifest rows skipped as unreadable: 0\n" in run.card_path.read_text()
+
+
+def test_a_manifest_with_bad_rows_trains_on_the_good_ones_and_says_so(phantom_dir, tmp_path):
+    rows = list(csv.DictReader((phantom_dir / "manifest.csv").open()))
+    rows += [{**rows[0], "path": "lesion/not_there.png"}, {**rows[1], "label": "9"}]
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = tiny_config(phantom_dir, data__manifest=str(manifest))
+    cfg.train.phase1.epochs, cfg.train.phase2.epochs = 1, 0
+    run = RunDir(train(cfg, tmp_path / "run").run_dir)
+    report = run.read_state()["data_report"]
+    assert report["rows_skipped"] == 2 and sum(map(sum, (v.values() for v in report["class_counts"].values()))) == 120
+    bad = len(rows) + 1  # the last line of the manifest
+    assert report["skipped"] == [f"{manifest} line {bad - 1}: file not found under {tmp_path}: lesion/not_there.png",
+                                 f"{manifest} line {bad}: label 9 but only 2 class_names (0..1)"]
+    assert f"- Manifest rows skipped as unreadable: 2 (first: {report['skipped'][0]})" in run.card_path.read_text()
 
 
 def test_reloaded_run_reproduces_its_metrics(tiny_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -212,14 +213,29 @@ def test_csv_missing_label_column(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-def test_csv_missing_files(tmp_path: Path) -> None:
-    _patient_manifest(tmp_path, patients=6)
+def test_csv_rows_with_missing_files_are_skipped_and_named(tmp_path: Path, caplog) -> None:
+    manifest = _patient_manifest(tmp_path, patients=6)
+    rows = len(manifest.read_text().splitlines()) - 1
     (tmp_path / "img/p000_0.png").unlink()
     (tmp_path / "img/p001_0.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+        dataset = load_dataset(_csv_cfg(tmp_path), seed=0)
+    # The good rows are kept; each bad one is named by manifest and line, on one line.
+    assert dataset.report["rows_skipped"] == 2 and _total(dataset) == rows - 2
+    kept = {Path(p).name for source in dataset.splits.values() for p in source.paths}
+    assert "p000_0.png" not in kept and "p001_0.png" not in kept
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings), warnings
+    assert warnings[0].startswith(f"skipped {manifest} line 2: file not found") and "img/p000_0.png" in warnings[0]
+    assert dataset.report["skipped"][1].startswith(f"{manifest} line ") and "img/p001_0.png" in dataset.report["skipped"][1]
+    # Nothing usable: one line naming the manifest and the first row's problem.
+    for png in (tmp_path / "img").iterdir():
+        png.unlink()
     with pytest.raises(DatasetError) as info:
         load_dataset(_csv_cfg(tmp_path), seed=0)
     message = str(info.value)
-    assert "2 row(s)" in message and "img/p000_0.png" in message and "\n" not in message
+    assert message.startswith(f"{manifest}: no usable rows ({manifest} line 2: file not found")
+    assert "img/p000_0.png" in message and "\n" not in message
 
 
 def test_csv_missing_manifest(tmp_path: Path) -> None:
@@ -227,10 +243,19 @@ def test_csv_missing_manifest(tmp_path: Path) -> None:
         load_dataset(_csv_cfg(tmp_path), seed=0)
 
 
-def test_csv_unknown_label(tmp_path: Path) -> None:
-    _patient_manifest(tmp_path, patients=6)
-    with pytest.raises(DatasetError, match="'tumour' is not one of class_names"):
-        load_dataset(_csv_cfg(tmp_path, class_names=["normal", "benign"]), seed=0)
+def test_csv_rows_with_an_unknown_or_empty_label_are_skipped(tmp_path: Path, caplog) -> None:
+    manifest = _patient_manifest(tmp_path, patients=6)
+    lines = manifest.read_text().splitlines()
+    tumour = sum(",tumour," in line for line in lines)
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+        dataset = load_dataset(_csv_cfg(tmp_path, class_names=["normal", "benign"]), seed=0)
+    assert dataset.report["rows_skipped"] == tumour > 0 and _total(dataset) == len(lines) - 1 - tumour
+    assert "label 'tumour' is not one of class_names (normal, benign)" in caplog.records[0].getMessage()
+    lines[1] = lines[1].replace(",tumour,", ",,")
+    manifest.write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(_csv_cfg(tmp_path), seed=0)
+    assert dataset.report["skipped"] == [f"{manifest} line 2: empty 'diagnosis'"]
+    assert dataset.class_names == ["normal", "tumour"]
 
 
 def test_chest_xray_manifest(data_root: Path) -> None:

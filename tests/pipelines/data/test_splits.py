@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +119,18 @@ def test_manifest_paths_under_the_root_the_old_classification_rule_still_load_wi
     for name, notice in zip(("classes.csv", "masks.csv", "findings.csv"), notices, strict=True):
         assert notice.startswith(f"{tmp_path / 'lists' / name}: file paths are relative to the manifest's folder")
         assert "under data.root" in notice and "deprecated" in notice
-    (tmp_path / "img" / "p00_0.png").unlink()  # found in neither place: the error names the manifest's folder
-    with pytest.raises(DatasetError, match=r"1 row\(s\) point at missing files under .*lists, e\.g\. img/p00_0\.png"):
-        _load_both(tmp_path, "lists/")
+    (tmp_path / "img" / "p00_0.png").unlink()  # found in neither place: skipped, naming the manifest's folder
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.data.manifest"):
+        classes, masks, _ = _load_both(tmp_path, "lists/")
+    assert classes.report["rows_skipped"] == masks.report["rows_skipped"] == 1
+    assert sum(len(s.paths) for s in classes.splits.values()) == sum(len(v) for v in masks.splits.values()) == 11
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(skipped) == 2, skipped
+    assert re.fullmatch(rf"skipped {re.escape(str(tmp_path / 'lists' / 'classes.csv'))} line \d+: file not found "
+                        rf"under {re.escape(str(tmp_path / 'lists'))}: img/p00_0\.png", skipped[0]), skipped[0]
+    assert skipped[1].startswith(f"skipped {tmp_path / 'lists' / 'masks.csv'} line ")
+    assert skipped[1].endswith(f"file not found: {tmp_path / 'lists' / 'img' / 'p00_0.png'}"), skipped[1]
 
 
 def test_manifest_files_are_looked_up_once_per_cell(tmp_path: Path, monkeypatch) -> None:

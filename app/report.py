@@ -38,6 +38,7 @@ from medlens.pipelines.explain.methods import SUPERPIXEL, TITLES
 from medlens.pipelines.explain.overlay import colorize, save_png, to_rgb_uint8
 from medlens.pipelines.imaging import read_frames
 from medlens.pipelines.rundir import RunDir, atomic_write_text
+from medlens.pipelines.tasks import task_of_outputs
 
 __all__ = ["write_report", "ReportResult"]
 
@@ -250,8 +251,8 @@ def write_report(
 
     class_names = list(predictions["class_names"]) if predictions else []
     threshold = predictions.get("threshold") if predictions else None
-    # A multi-label output folder lists its findings: a case shows each present finding with its maps.
-    findings = list((predictions or {}).get("findings") or [])
+    # What a prediction is (a class, findings with a map each, a grade) is the task's to say.
+    task = task_of_outputs(predictions or {}, root / "predictions.json")
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     base = (predictions or {}).get("inputs_relative_to")
     seg_base = _seg_summary(seg_folder).get("inputs_relative_to")
@@ -282,29 +283,9 @@ def write_report(
             "truth": truth_map.get(resolved) or truth_map.get(Path(path).name) or "",
             "layers": [],
         }
-        if prediction is not None and findings:
-            item.update(_finding_fields(prediction, findings, predictions.get("thresholds") or {}, margin))
-            item["layers"] += _layers(files, case, root, prediction, (height, width), list(findings))
-        elif prediction is not None:
-            probabilities = {name: float(prediction.get(f"p_{name}", 0.0)) for name in class_names}
-            item["label"] = prediction["label"]
-            item["probability"] = probabilities[prediction["label"]]
-            if len(class_names) == 2:
-                positive = probabilities[class_names[1]]
-                cut = 0.5 if threshold in (None, "") else float(threshold)
-                item["positive"] = positive
-                item["uncertain"] = abs(positive - cut) < margin
-            else:
-                item["uncertain"] = max(probabilities.values()) < 0.6
-            item["probabilities"] = probabilities
-            if predictions.get("grades"):  # an ordinal run: the referable call beside the grade
-                referable = str(predictions.get("referable") or "")
-                p_ref = prediction.get(f"p_ge_{referable.replace('grade ≥ ', '')}")
-                if p_ref not in (None, ""):
-                    item["note"] = (f"P({referable}) = {float(p_ref):.3f}: "
-                                    f"{'referable' if str(prediction.get('referable')) == '1' else 'not referable'} "
-                                    f"at threshold {float(prediction.get('threshold') or 0.5):.3f}")
-            item["layers"] += _layers(files, case, root, prediction, (height, width))
+        if prediction is not None:
+            item.update(task.report_case(prediction, predictions, margin))
+            item["layers"] += _layers(files, case, root, prediction, (height, width), task.report_targets(predictions))
         if seg is not None:
             mask = cv2.imread(str(seg_folder / seg["mask"]), cv2.IMREAD_UNCHANGED)
             if mask is not None and mask.shape[:2] == (height, width):
@@ -332,18 +313,6 @@ def write_report(
     for problem in problems:
         log.info("report: %s", problem)
     return ReportResult(out_path, len(cases), sum(bool(c.get("uncertain")) for c in cases), problems)
-
-
-def _finding_fields(prediction: dict[str, Any], findings: list[str], thresholds: dict[str, Any],
-                    margin: float) -> dict[str, Any]:
-    """A multi-label case: the present findings, every probability, uncertain when one is near its threshold."""
-    probabilities = {f: float(prediction.get(f"p_{f}", 0.0)) for f in findings}
-    present = [f for f in findings if str(prediction.get(f"pos_{f}", "0")) in ("1", "1.0", "True")]
-    return {
-        "label": prediction["label"], "findings": present, "probabilities": probabilities,
-        "probability": max((probabilities[f] for f in present), default=max(probabilities.values(), default=0.0)),
-        "uncertain": any(abs(probabilities[f] - float(thresholds.get(f, 0.5))) < margin for f in findings),
-    }
 
 
 def _seg_summary(folder: Path) -> dict[str, Any]:

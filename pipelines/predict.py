@@ -23,9 +23,10 @@ from medlens.pipelines.imaging import ImageRecord, sniff_format
 from medlens.pipelines.inference import OutputLayout
 from medlens.pipelines.inference.batch import BatchResult, BatchWork, earlier_rows, run_batch
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
-from medlens.pipelines.predictors import MultiLabelPredictor, Predictor, load_predictor
+from medlens.pipelines.predictors import Predictor, load_predictor
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
 from medlens.pipelines.shards import shard_folder
+from medlens.pipelines.tasks import task_of_run
 
 __all__ = ["predict_paths", "layout", "volume_rows"]
 
@@ -240,12 +241,13 @@ def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None,
     atomic_write_json(out / "predictions.json", {
         "layout": written.to_json(),
         "run": str(predictor.run.root.resolve()),
+        "task": task_of_run(predictor.state, predictor.run.root).name,
         "inputs_relative_to": str(Path.cwd()),
         **predictor.summary(),
         "explain": None if explainer is None else {
             "methods": list(explain.methods),
             "class": explain.class_name,
-            "findings": explain.findings if isinstance(predictor, MultiLabelPredictor) else None,
+            "findings": predictor.explained_choice(explain),
             "lime_samples": explain.lime_samples if SUPERPIXEL & set(explain.methods) else None,
             "seed": explain.seed,
             "seconds": {m: round(t, 3) for m, t in explainer.seconds.items()},

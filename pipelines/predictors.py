@@ -138,6 +138,10 @@ class Predictor:
         """The row fields naming what was explained."""
         return {"explained_class": self.class_names[targets[0]] if targets else ""}
 
+    def explained_choice(self, options: ExplainOptions) -> str | None:
+        """The target choice ``predictions.json`` records beside ``class`` (``--findings`` for findings)."""
+        return None
+
     def explain_columns(self, options: ExplainOptions) -> list[str]:
         """The ``predictions.csv`` columns an explanation adds."""
         return column_names(options)
@@ -233,6 +237,9 @@ class MultiLabelPredictor(Predictor):
 
     def explained_fields(self, targets: list[int]) -> dict[str, Any]:
         return {"explained_findings": "|".join(self.findings[t] for t in targets)}
+
+    def explained_choice(self, options: ExplainOptions) -> str | None:
+        return options.findings
 
     def row_summary(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"findings": [f for f in self.findings if str(row.get(f"pos_{f}")) in ("1", "True")],

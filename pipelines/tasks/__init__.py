@@ -20,7 +20,7 @@ from medlens.pipelines.tasks.multilabel import MultiLabelTask
 from medlens.pipelines.tasks.ordinal import OrdinalTask
 from medlens.pipelines.tasks.segmentation import SegmentationTask
 
-__all__ = ["TASKS", "DEFAULT_TASK", "Task", "require_command", "task_named", "task_of_run"]
+__all__ = ["TASKS", "DEFAULT_TASK", "Task", "require_command", "task_named", "task_of_outputs", "task_of_run"]
 
 DEFAULT_TASK = "classification"
 
@@ -42,6 +42,20 @@ def task_of_run(state: Mapping[str, Any], where: Any = "run") -> Task:
     if name not in TASKS:
         raise RunDirError(f"{where}: run.json names an unknown task {name!r} (this medlens knows {', '.join(TASKS)})")
     return TASKS[name]
+
+
+def task_of_outputs(summary: Mapping[str, Any], where: Any = "predictions.json") -> Task:
+    """The task whose predictor wrote an output folder's ``predictions.json``.
+
+    Folders written before the file named its task are told apart by what it lists: findings
+    (multi-label), grades (ordinal), or classes.
+    """
+    if "task" in summary:
+        return task_of_run(summary, where)
+    for task in TASKS.values():
+        if task.output_kind not in ("", "classes") and summary.get(task.output_kind):
+            return task
+    return TASKS[DEFAULT_TASK]
 
 
 def require_command(state: Mapping[str, Any], where: Any, command: str) -> Task:

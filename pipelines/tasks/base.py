@@ -27,6 +27,8 @@ class Task:
         evaluation: ``(module, evaluate, write_card)``: the module and names of its functions that
             score a run on a split (writing ``metrics.json``) and (re)write the run's model card.
         applier: ``"module:Class"`` applying a finished run (a ``Predictor`` or a ``SegModel``).
+        output_kind: what its outputs are called (``classes``, ``findings``, ``grades``; the key
+            ``predictions.json`` lists them under beside ``class_names``).
     """
 
     name: str = ""
@@ -35,6 +37,7 @@ class Task:
     config_class: str = ""  # the config dataclass in medlens.pipelines.config
     evaluation: tuple[str, str, str] = ("", "", "")
     applier: str = ""
+    output_kind: str = ""
 
     # configuration ------------------------------------------------------------------------
     def build_config(self, tree: dict[str, Any]) -> Any:

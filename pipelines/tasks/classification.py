@@ -20,6 +20,30 @@ class ClassificationTask(Task):
     def describe_model(self, cfg: Any) -> str:
         return f"{cfg.model.backbone} ({cfg.model.weights})"
 
+    # the report ----------------------------------------------------------------------------
+    def report_targets(self, summary: dict[str, Any]) -> list[str] | None:
+        """The explanation targets a report case shows maps for (``None``: the one explained class)."""
+        return None
+
+    def report_case(self, row: dict[str, Any], summary: dict[str, Any], margin: float) -> dict[str, Any]:
+        """One ``predictions.json`` row as the report shows it: label, probabilities, uncertain.
+
+        A binary case is uncertain within ``margin`` of the run's threshold; a K-class case when
+        no class reaches 0.6.
+        """
+        class_names = list(summary.get("class_names") or [])
+        probabilities = {name: float(row.get(f"p_{name}", 0.0)) for name in class_names}
+        case: dict[str, Any] = {"label": row["label"], "probability": probabilities[row["label"]],
+                                "probabilities": probabilities}
+        if len(class_names) == 2:
+            threshold = summary.get("threshold")
+            cut = 0.5 if threshold in (None, "") else float(threshold)
+            case["positive"] = probabilities[class_names[1]]
+            case["uncertain"] = abs(case["positive"] - cut) < margin
+        else:
+            case["uncertain"] = max(probabilities.values()) < 0.6
+        return case
+
     def describe_target(self, cfg: Any) -> str:
         return f"{len(cfg.data.class_names)} classes"
 

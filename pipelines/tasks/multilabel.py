@@ -48,6 +48,21 @@ class MultiLabelTask(ClassificationTask):
         return {"findings": list(dataset.class_names),
                 "positive_weights": None if weights is None else [round(w, 4) for w in weights]}
 
+    def report_targets(self, summary: dict[str, Any]) -> list[str] | None:
+        return list(summary.get("findings") or [])  # a map per finding
+
+    def report_case(self, row: dict[str, Any], summary: dict[str, Any], margin: float) -> dict[str, Any]:
+        """The present findings, every probability; uncertain when one is within ``margin`` of its threshold."""
+        findings = list(summary.get("findings") or [])
+        thresholds = summary.get("thresholds") or {}
+        probabilities = {f: float(row.get(f"p_{f}", 0.0)) for f in findings}
+        present = [f for f in findings if str(row.get(f"pos_{f}", "0")) in ("1", "1.0", "True")]
+        return {
+            "label": row["label"], "findings": present, "probabilities": probabilities,
+            "probability": max((probabilities[f] for f in present), default=max(probabilities.values(), default=0.0)),
+            "uncertain": any(abs(probabilities[f] - float(thresholds.get(f, 0.5))) < margin for f in findings),
+        }
+
     def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         summary = {k: metrics[k] for k in ("n", "macro_auc", "micro_auc", "mean_average_precision", "exact_match")}
         per = {f"auc {f}": m["auc"] for f, m in metrics["findings"].items()}

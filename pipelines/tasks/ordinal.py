@@ -50,6 +50,17 @@ class OrdinalTask(ClassificationTask):
     def run_facts(self, cfg: Any, dataset: Any) -> dict[str, Any]:
         return {"grades": list(dataset.class_names), "referable_grade": int(cfg.evaluate.referable)}
 
+    def report_case(self, row: dict[str, Any], summary: dict[str, Any], margin: float) -> dict[str, Any]:
+        """The grade's case, with the referable call beside it: ``P(grade ≥ k)``, its decision and threshold."""
+        case = super().report_case(row, summary, margin)
+        referable = str(summary.get("referable") or "")
+        p_referable = row.get(f"p_ge_{referable.replace('grade ≥ ', '')}")
+        if p_referable not in (None, ""):
+            decision = "referable" if str(row.get("referable")) == "1" else "not referable"
+            case["note"] = (f"P({referable}) = {float(p_referable):.3f}: {decision} at threshold "
+                            f"{float(row.get('threshold') or 0.5):.3f}")
+        return case
+
     def headline(self, split: str, metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         ref = metrics["referable"]
         return [(split, {k: metrics[k] for k in ("n", "qwk", "mae", "accuracy", "auc")}),

@@ -4,7 +4,9 @@ call, and a run on RetinaMNIST through train, evaluate, predict, explain and the
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import re
 from pathlib import Path
 
 import cv2
@@ -113,6 +115,20 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
         assert sum(float(row[f"p_{n}"]) for n in names) == pytest.approx(1.0, abs=1e-5)
         assert row["referable"] == str(int(cumulative[1] >= float(row["threshold"])))
         assert row["explained_class"] == "grade ≥ grade2" and row["gradcam_overlay"]
+    # The report shows each grade with its referable call (the ordinal task's own case view).
+    assert json.loads((out / "predictions.json").read_text())["task"] == "ordinal"
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    cases = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))["cases"]
+    by_file = {Path(row["path"]).name: row for row in rows}
+    assert len(cases) == 6
+    for case in cases:
+        row = by_file[case["file"]]
+        assert case["label"] == row["label"] and case["probability"] == pytest.approx(float(row[f"p_{row['label']}"]))
+        decision = "referable" if row["referable"] == "1" else "not referable"
+        assert case["note"] == (f"P(grade ≥ grade2) = {float(row['p_ge_grade2']):.3f}: {decision} at threshold "
+                                f"{float(row['threshold']):.3f}")
+        assert [layer["name"] for layer in case["layers"]] == ["Grad-CAM"]
     # Explain another "grade ≥ k"; a grade-0 target is refused in one line.
     assert main(["explain", str(grading_run), str(folder / "eye0.png"), "--out", str(tmp_path / "g4"),
                  "--method", "gradcam", "--class", "grade4"]) == 0

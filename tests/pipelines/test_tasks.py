@@ -60,3 +60,32 @@ def test_unknown_tasks_are_one_line_errors() -> None:
 def test_a_run_applied_with_the_other_tasks_command_says_which_to_use() -> None:
     message = TASKS["segmentation"].wrong_command("runs/vessels", "predict")
     assert message == "runs/vessels: a segmentation run; use `medlens segment` to apply it, not `predict`"
+
+
+def test_an_output_folder_names_its_task_and_older_folders_are_told_by_what_they_list():
+    from medlens.pipelines.tasks import TASKS, task_of_outputs
+
+    assert task_of_outputs({"task": "ordinal", "class_names": ["a", "b", "c"]}) is TASKS["ordinal"]
+    # Written before predictions.json named the task: findings, grades or classes.
+    assert task_of_outputs({"class_names": ["A", "B"], "findings": ["A", "B"]}) is TASKS["multilabel"]
+    assert task_of_outputs({"class_names": ["g0", "g1", "g2"], "grades": ["g0", "g1", "g2"]}) is TASKS["ordinal"]
+    assert task_of_outputs({"class_names": ["no", "yes"], "threshold": 0.4}) is TASKS["classification"]
+    with pytest.raises(RunDirError, match=r"out/predictions.json: run.json names an unknown task 'x'"):
+        task_of_outputs({"task": "x"}, "out/predictions.json")
+
+
+def test_each_classifier_task_reads_a_prediction_row_for_the_report():
+    from medlens.pipelines.tasks import TASKS
+
+    binary = TASKS["classification"].report_case({"label": "yes", "p_no": "0.45", "p_yes": "0.55"},
+                                                 {"class_names": ["no", "yes"], "threshold": 0.5}, 0.1)
+    assert binary == {"label": "yes", "probability": 0.55, "probabilities": {"no": 0.45, "yes": 0.55},
+                      "positive": 0.55, "uncertain": True}
+    three = TASKS["classification"].report_case({"label": "b", "p_a": "0.1", "p_b": "0.7", "p_c": "0.2"},
+                                                {"class_names": ["a", "b", "c"]}, 0.1)
+    assert three["uncertain"] is False and three["probability"] == 0.7
+    summary = {"class_names": ["A", "B"], "findings": ["A", "B"], "thresholds": {"A": 0.3, "B": 0.8}}
+    row = {"label": "A", "p_A": "0.9", "p_B": "0.75", "pos_A": "1", "pos_B": "0"}
+    findings = TASKS["multilabel"].report_case(row, summary, 0.1)
+    assert findings["findings"] == ["A"] and findings["probability"] == 0.9 and findings["uncertain"] is True
+    assert TASKS["multilabel"].report_targets(summary) == ["A", "B"] and TASKS["ordinal"].report_targets(summary) is None

@@ -451,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
 
         _say("tf-keras-vis peer only …")
         report.setdefault("methods", {})["tf_keras_vis"] = tf_keras_vis_peer()
+    if "quantus" in parts and "methods" not in parts:
+        from explain_methods import demo_positives, quantus_peer
+
+        _say("Quantus peer only …")
+        report.setdefault("methods", {})["quantus"] = quantus_peer(demo_positives(args.runs_dir, args.images),
+                                                                   4 if args.quick else 8)
     if "vgg" in parts:
         from explain_methods import vgg_part
 

@@ -349,7 +349,37 @@ def quantus_peer(setup: dict[str, Any], images: int) -> dict[str, Any]:
     except Exception as exc:
         result["runs"] = False
         result["error"] = _error_line(exc)
+    result["medlens_with_quantus_randomiser"] = _permuted_weights_similarity(setup, images)
     return result
+
+
+def _permuted_weights_similarity(setup: dict[str, Any], images: int) -> dict[str, Any]:
+    """medlens's Grad-CAM similarity after Quantus's own "randomisation" of a Keras model, for comparison.
+
+    Quantus 0.6 (``TensorFlowModel.get_random_layer_generator``) replaces each weight array of a
+    layer by ``np.random.permutation(w)``: a shuffle along the first axis only, which for a 3×3
+    convolution kernel swaps its three rows and keeps every filter's channels. medlens re-draws the
+    weights (Adebayo et al. 2018). The same cascade with Quantus's shuffle, scored by medlens's
+    Spearman, tells which of the two makes the difference between the two tools' numbers.
+    """
+    import keras
+
+    from medlens.pipelines.explain.gradcam import GradCAM
+    from medlens.pipelines.explain.sanity import _similarity
+
+    model = setup["predictor"].model
+    x = setup["batch"][:images]
+    target = np.full(len(x), setup["target"])
+    original = GradCAM(model)(x, class_index=target).maps
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    stages = {}
+    for layer in [layer for layer in copy.layers if layer.get_weights()][::-1]:  # top down, as Quantus
+        np.random.seed(42 + 1)  # Quantus's own seeding, per layer
+        layer.set_weights([np.random.permutation(w) for w in layer.get_weights()])
+        maps = GradCAM(copy)(x, class_index=target).maps
+        stages[layer.name] = round(float(np.mean([_similarity(a, b)[0] for a, b in zip(original, maps, strict=True)])), 4)
+    return {"spearman_per_layer": stages}
 
 
 def methods_part(runs: Path, images: int, samples: int, steps: int, quick: bool) -> dict[str, Any]:
@@ -439,4 +469,10 @@ def methods_markdown(part: dict[str, Any]) -> list[str]:
                      f"`{peer['error']}`")
     else:
         lines.append(f"Quantus {peer['version']} MPRT (Spearman per layer, top down): {peer['mprt']}")
+    if peer.get("medlens_with_quantus_randomiser"):
+        lines += ["", "Quantus \"randomises\" a Keras layer by `np.random.permutation` of each weight array (a shuffle "
+                  "along the first axis: a 3×3 kernel's rows swap, every filter keeps its channels); medlens re-draws "
+                  "the weights. medlens's Spearman for Grad-CAM after Quantus's shuffle, same layers, top down: "
+                  f"{peer['medlens_with_quantus_randomiser']['spearman_per_layer']} (after medlens's re-draw: the "
+                  "table's randomised ρ)."]
     return lines + [""]

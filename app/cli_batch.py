@@ -92,6 +92,7 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
         faithfulness=args.faithfulness,
         faithfulness_steps=args.steps,
         road=args.road,
+        stability=args.stability,
         masks=load_masks(args.masks) if args.masks else {},
         findings=args.findings,
         ig_steps=args.ig_steps,
@@ -172,7 +173,8 @@ def _print_explanation_summary(rows: list[dict], explain) -> None:
         parts = []
         for key, label in (("pointing", "peak inside the mask"), ("energy", "energy inside"),
                            ("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC"),
-                           ("road_morf", "ROAD MoRF"), ("road_lerf", "ROAD LeRF")):
+                           ("road_morf", "ROAD MoRF"), ("road_lerf", "ROAD LeRF"),
+                           ("stability", "max-sensitivity")):
             values = [r[f"{slug}_{key}"] for r in rows if r.get(f"{slug}_{key}", "") != ""]
             if values:
                 mean = sum(values) / len(values)
@@ -212,6 +214,9 @@ def add_explain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=20, help="points on each deletion/insertion curve")
     g.add_argument("--road", action="store_true",
                    help="also score each map by ROAD (remove and debias: MoRF/LeRF with noisy linear imputation)")
+    g.add_argument("--stability", action="store_true",
+                   help="also score each map's max-sensitivity: its largest relative change under 2%% input noise "
+                        "(8 draws; lower is steadier)")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
     g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
     g.add_argument("--ig-baseline", default="black", choices=("black", "blur"), help="Integrated Gradients: baseline")

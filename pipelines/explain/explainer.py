@@ -53,7 +53,7 @@ from medlens.pipelines.explain.options import (
     parse_methods,
 )
 from medlens.pipelines.explain.overlay import heatmap_overlay, save_npy, save_png, signed_overlay
-from medlens.pipelines.explain.robustness import road_scores
+from medlens.pipelines.explain.robustness import max_sensitivity, road_scores
 from medlens.pipelines.explain.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import content_digest, output_stem
@@ -211,11 +211,40 @@ class Explainer:
                     key = _key(slug, target)
                     fields[i][f"{key}_road_morf"] = round(road["road_morf"], 4)
                     fields[i][f"{key}_road_lerf"] = round(road["road_lerf"], 4)
+            if self.options.stability and jobs:
+                for (i, t), value in zip(jobs, self._stability(method, model_batch, resized, jobs), strict=True):
+                    fields[i][f"{_key(slug, self.predictor.target_name(t))}_stability"] = round(float(value), 4)
             self.seconds[method] += time.perf_counter() - started
         for item in fields:
             for name in [k for k in item if k.startswith("_sp_")]:
                 item.pop(name)
         return probabilities, fields
+
+    def _stability(self, method: str, model_batch: np.ndarray, resized: np.ndarray,
+                   jobs: list[tuple[int, int]]) -> np.ndarray:
+        """Each (image, target) job's max-sensitivity: its map made again on noisy copies of the image.
+
+        Gradient and CAM methods see the noise in the model's input space, superpixel methods in
+        the image's 0..255 pixels; either way the bound is a fraction of the image's value range.
+        """
+        images = np.array([i for i, _ in jobs], np.int64)
+        wanted = np.array([t for _, t in jobs], np.int32)
+        draws = self.options.stability_draws
+        # max_sensitivity asks for every original first, then each image's noisy copies in turn.
+        targets = np.concatenate([wanted, np.repeat(wanted, draws)])
+        step = max(1, len(model_batch))  # the batch size the caller chose, for memory's sake
+        if method in self.cams:
+            def maps(batch: np.ndarray, cam: Any = self.cams[method]) -> np.ndarray:
+                return np.concatenate([cam(batch[k:k + step], class_index=targets[k:k + step]).maps
+                                       for k in range(0, len(batch), step)])
+            inputs = model_batch[images]
+        else:
+            def maps(batch: np.ndarray, explainer: Any = self.superpixel[method]) -> np.ndarray:
+                return np.stack([explainer.explain(np.clip(image, 0, 255), class_index=int(t)).map
+                                 for image, t in zip(batch, targets, strict=True)])
+            inputs = resized[images].astype(np.float32)
+        return max_sensitivity(maps, inputs, radius=self.options.stability_noise, samples=draws,
+                               seed=self.options.seed)
 
     def _cam_maps(self, method: str, model_batch: np.ndarray, jobs: list[tuple[int, int]], first: Any,
                   fields: list[dict[str, Any]]) -> list[np.ndarray]:

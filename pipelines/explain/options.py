@@ -70,6 +70,12 @@ class ExplainOptions:
             energy inside the mask (see :func:`load_masks`).
         road: Also score each map by ROAD (MoRF and LeRF means with noisy linear imputation,
             :mod:`medlens.pipelines.explain.robustness`; 18 forward passes and sparse solves per map).
+        stability: Also score each map by its max-sensitivity: the largest relative change of the
+            map over ``stability_draws`` copies of the image with uniform noise of
+            ``stability_noise`` × its value range (Yeh et al. 2019; lower is steadier). Costs
+            ``stability_draws`` more maps per image and target.
+        stability_draws: Noisy copies per image for ``stability``.
+        stability_noise: Noise bound for ``stability``, a fraction of the image's value range.
         findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
             or the comma-separated names given.
         ig_steps: Integrated Gradients: points of the path integral.
@@ -94,6 +100,9 @@ class ExplainOptions:
     faithfulness: bool = False
     faithfulness_steps: int = 20
     road: bool = False
+    stability: bool = False
+    stability_draws: int = 8
+    stability_noise: float = 0.02
     masks: dict[str, Path] = field(default_factory=dict)
     findings: str = "positive"
     ig_steps: int = 32
@@ -145,6 +154,8 @@ def column_names(options: ExplainOptions, target: str | None = None) -> list[str
             columns += [f"{slug}_deletion_auc", f"{slug}_insertion_auc"]
         if options.road:
             columns += [f"{slug}_road_morf", f"{slug}_road_lerf"]
+        if options.stability:
+            columns.append(f"{slug}_stability")
     return columns
 
 

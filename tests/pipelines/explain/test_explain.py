@@ -235,6 +235,32 @@ def test_explain_command_named_class_faithfulness_and_errors(tiny_run, phantom_d
     assert main(["explain", str(tiny_run), str(images[0]), "--out", str(out)]) == 2
 
 
+def test_explain_command_scores_road_and_stability(tiny_run, phantom_dir, tmp_path, capsys):
+    """``--road`` and ``--stability`` through the CLI; Grad-CAM's max-sensitivity equals a direct computation."""
+    from medlens.pipelines.explain.gradcam import GradCAM
+    from medlens.pipelines.explain.robustness import max_sensitivity
+    from medlens.pipelines.imaging import read_image
+    from medlens.pipelines.predictors import Predictor
+
+    image = sorted((phantom_dir / "lesion").iterdir())[0]
+    out = tmp_path / "out"
+    assert main(["explain", str(tiny_run), str(image), "--method", "gradcam,lime", "--samples", "40",
+                 "--segments", "12", "--road", "--stability", "--out", str(out)]) == 0
+    assert "gradcam: ROAD MoRF" in capsys.readouterr().out
+    (row,) = _rows(out / "predictions.csv")
+    for slug in ("gradcam", "lime"):
+        assert 0.0 <= float(row[f"{slug}_road_morf"]) <= 1.0 and 0.0 <= float(row[f"{slug}_road_lerf"]) <= 1.0
+        assert 0.0 < float(row[f"{slug}_stability"]) < 10.0
+    predictor = Predictor(tiny_run)
+    batch = predictor.preprocess(predictor.resize([read_image(image).pixels]))
+    target = predictor.class_names.index(row["explained_class"])
+    cam = GradCAM(predictor.model)
+    expected = max_sensitivity(lambda b: cam(b, class_index=np.full(len(b), target)).maps, batch, radius=0.02,
+                               samples=8, seed=0)[0]
+    # Written with 4 decimals (±5e-5); the rest is float32 noise between batch compositions.
+    assert float(row["gradcam_stability"]) == pytest.approx(expected, abs=1e-4)
+
+
 def test_parse_methods():
     assert parse_methods("gradcam, Grad-CAM++ ,lime,gradcam") == ("gradcam", "gradcam++", "lime")
     assert parse_methods("SHAP,kernel-shap,occlusion,Layer-CAM,hirescam") == ("kernelshap", "occlusion", "layercam",

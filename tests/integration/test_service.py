@@ -278,3 +278,19 @@ def test_a_service_that_never_batched_closes_cleanly(tiny_run):
 
     with TestClient(create_app(tiny_run)) as client:
         assert client.get("/health").status_code == 200
+
+
+def test_the_token_comes_from_the_file_first_then_medlens_token(tmp_path, monkeypatch):
+    from medlens.app.cli import _service_token
+    from medlens.pipelines.errors import ConfigError
+
+    monkeypatch.delenv("MEDLENS_TOKEN", raising=False)
+    assert _service_token(None) is None  # no token anywhere: the service runs open
+    monkeypatch.setenv("MEDLENS_TOKEN", "  from-the-environment \n")
+    assert _service_token(None) == "from-the-environment"
+    (tmp_path / "token").write_text("from-the-file\nsecond line ignored\n")
+    assert _service_token(str(tmp_path / "token")) == "from-the-file"  # the file wins
+    (tmp_path / "empty").write_text("\n")
+    for path, message in ((tmp_path / "empty", "the file is empty"), (tmp_path / "nowhere", "cannot read it")):
+        with pytest.raises(ConfigError, match=f"--token-file {path}: {message}"):
+            _service_token(str(path))

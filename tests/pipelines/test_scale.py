@@ -71,7 +71,29 @@ def test_segment_match_scale_resamples_and_answers_at_the_input_size(tiny_seg_ru
     mask = cv2.imread(str(result.out_dir / row["mask"]), cv2.IMREAD_UNCHANGED)
     assert mask.shape == pixels.shape[:2]  # outputs at the input's own size
 
+    # DICOM spacing wins over the FOV: a CT at 0.661 mm against a run trained at 1.0 mm is shrunk by 0.661.
+    ct = shared_data / "dicom_samples" / "CT_small.dcm"
+    state["input_scale"] = {"fov_diameter_px": 500.0, "pixel_spacing_mm": 1.0, "images": 1}
+    (run / "run.json").write_text(json.dumps(state))
+    result = segment_paths(run, [ct], tmp_path / "ct", model=SegModel(run, model=model.model), match_scale=True)
+    (row,) = result.rows
+    assert row["scale_method"] == "spacing" and row["scale"] == pytest.approx(0.661468, abs=5e-5)  # 4 decimals
+    assert cv2.imread(str(result.out_dir / row["mask"]), cv2.IMREAD_UNCHANGED).shape == (128, 128)
+
     del state["input_scale"]  # a run from before the scale was recorded
     (run / "run.json").write_text(json.dumps(state))
     with pytest.raises(ConfigError, match="recorded no training scale"):
         segment_paths(run, [big], tmp_path / "out2", model=SegModel(run, model=model.model), match_scale=True)
+
+
+def test_a_trained_segmentation_run_records_its_training_scale(tiny_seg_run):
+    from medlens.pipelines.data import load_seg_dataset
+    from medlens.pipelines.rundir import RunDir
+
+    run = RunDir(tiny_seg_run)
+    state, cfg = run.read_state(), run.read_config()
+    train = load_seg_dataset(cfg["data"], seed=cfg["seed"]).splits["train"][:64]  # the trainer looks at up to 64
+    diameters = [d for d in (fov_diameter(read_image(s.image_path).pixels) for s in train) if d is not None]
+    # Phantom PNGs carry no DICOM spacing; their round field of view is found in each image.
+    assert diameters and state["input_scale"] == {"fov_diameter_px": round(float(np.median(diameters)), 2),
+                                                  "pixel_spacing_mm": None, "images": len(train)}

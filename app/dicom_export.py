@@ -56,6 +56,18 @@ def _uid(identity: str | None, *parts: str) -> str:
     return generate_uid(entropy_srcs=[identity, *parts]) if identity else generate_uid()
 
 
+def _instance_key(row: dict[str, Any], path: str, source: Dataset | None) -> str:
+    """What names one input instance in derived UIDs: a DICOM source's SOP Instance UID, else the file's content.
+
+    A PACS hands out the same instance as different bytes (DICOMweb and C-GET write other file
+    meta, a server may transcode), and DICOM promises that a SOP Instance UID names one image; so
+    results of a re-run over the same instances get the same UIDs however they were pulled.
+    """
+    if source is not None and "SOPInstanceUID" in source:
+        return str(source.SOPInstanceUID)
+    return str(row.get("sha256") or path)
+
+
 def _source_header(path: str) -> Dataset | None:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
@@ -146,8 +158,9 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
             ``Predictor.explained_targets``: one overlay, and one series, per finding and method);
             default one overlay per method.
         identity: The run's :meth:`~medlens.pipelines.rundir.RunDir.identity`: UIDs are then
-            derived from it and the input's content, frame, method and target, so exporting a
-            re-run again gives the same instances (a PACS gets no duplicates); default random UIDs.
+            derived from it and the input instance (its SOP Instance UID, or a non-DICOM file's
+            content), frame, method and target, so exporting a re-run again gives the same
+            instances (a PACS gets no duplicates, however the study was pulled); default random UIDs.
         deidentifier: A :class:`~medlens.pipelines.deidentify.Deidentifier`: apply the PS3.15
             basic profile to every object written (default: keep the source identity).
         headers: Source headers by input path, read on first use (pass one dict to
@@ -183,7 +196,7 @@ def export_overlays(out_dir: str | Path, rows: list[dict[str, Any]], methods: li
                                         study_uid=study_uid, method=METHODS[method], instance=counters[series_uid],
                                         frame=frame, label=target or str(row.get("explained_class") or row.get("label")),
                                         finding=target, finding_number=finding_number,
-                                        sop_uid=_uid(identity, "sop", str(row.get("sha256") or path), str(frame), slug))
+                                        sop_uid=_uid(identity, "sop", _instance_key(row, path, source), str(frame), slug))
             if deidentifier is not None:
                 deidentifier.apply(dataset)
             buffer = io.BytesIO()
@@ -255,8 +268,9 @@ def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
         rows: ``predictions.csv`` rows (input paths as given).
         findings: Per row, ``(finding, probability, present)`` (the predictor's ``row_findings``).
         model_name: The run's name (algorithm and device).
-        identity: The run's identity: UIDs derive from it and the input's content and frame, so a
-            re-run writes the same instances (no PACS duplicates); default random UIDs.
+        identity: The run's identity: UIDs derive from it and the input instance (SOP Instance
+            UID) and frame, so a re-run writes the same instances (no PACS duplicates); default
+            random UIDs.
         deidentifier: Apply the PS3.15 basic profile to every report (default: keep the source identity).
         headers: Source headers by input path (shared with :func:`export_overlays`).
 
@@ -279,7 +293,8 @@ def export_reports(out_dir: str | Path, rows: list[dict[str, Any]],
         series_uid = series.setdefault(source_series, _uid(identity, "findings-series", source_series))
         try:
             report = findings_report(source, findings(row), model_name=model_name, version=version,
-                                     series_uid=series_uid, sop_uid=_uid(identity, "findings", digest, str(frame)),
+                                     series_uid=series_uid,
+                                     sop_uid=_uid(identity, "findings", _instance_key(row, path, source), str(frame)),
                                      frame=frame)
         except (ValueError, AttributeError, TypeError, KeyError) as exc:
             log.warning("%s: no findings report written (%s)", path, str(exc).splitlines()[0][:160])

@@ -107,6 +107,11 @@ def test_predict_overlays_go_to_the_pacs_as_secondary_captures(pacs, study, tiny
     assert len(findings) == 1 and len(findings[0]["Instances"]) == 8 and findings[0]["MainDicomTags"]["Modality"] == "SR"
     assert added[0]["MainDicomTags"]["SeriesDescription"].startswith("medlens Grad-CAM")
     assert added[0]["MainDicomTags"]["Manufacturer"] == "medlens"
+    # Again through DIMSE (C-GET in, C-STORE out), into another folder: the same instances, none stored twice.
+    assert main(["predict", str(tiny_run), "--from-pacs", pacs.dimse, "--study", uid, "--explain", "gradcam",
+                 "--to-pacs", pacs.dimse, "--out", str(tmp_path / "again")]) == 0
+    assert "0 instance(s) stored, 16 already there" in capsys.readouterr().out
+    assert sorted(i["ID"] for i in pacs.instances(uid)) == sorted(i["ID"] for i in after)
 
 
 def test_dimse_pull_and_push(pacs, study, tmp_path, capsys):

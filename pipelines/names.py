@@ -11,6 +11,7 @@ __all__ = [
     "CLASSIFICATION_DATA_KINDS",
     "SEG_DATA_KINDS",
     "SEG_MODES",
+    "SEG_TTA",
     "OPTIMIZERS",
     "DISTRIBUTIONS",
     "MIXED_PRECISION",
@@ -25,6 +26,8 @@ CLASSIFICATION_DATA_KINDS: tuple[str, ...] = ("folder", "csv", "npz")
 SEG_DATA_KINDS: tuple[str, ...] = ("drive", "folder", "csv")
 #: How segmentation batches are cut: random patches or whole resized images.
 SEG_MODES: tuple[str, ...] = ("patch", "whole")
+#: Test-time augmentation of a segmentation run (:class:`medlens.pipelines.seg_model.SegModel`).
+SEG_TTA: tuple[str, ...] = ("none", "flips")
 #: Optimizers of both training phases.
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "adamw")
 #: ``train.distribution`` (:func:`medlens.pipelines.distribute.setup_distribution`).

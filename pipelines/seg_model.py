@@ -61,6 +61,7 @@ class SegModel:
         self.min_size = int(self.state.get("min_size", 0))
         self.preprocess = encoder_preprocess(self.state.get("encoder", "none"))
         self.input_scale: dict[str, Any] | None = self.state.get("input_scale")
+        self.tta = str(self.state.get("tta", "none"))  # runs written before TTA existed: none
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         """Reader pixels (``[0, 1]``) → the model's ``H×W×channels`` input."""
@@ -68,7 +69,13 @@ class SegModel:
         return self.preprocess(image[None])[0] if self.preprocess else image / np.float32(255.0)
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(batch))
+        """``(B, H, W, C)`` probabilities; with ``tta: flips`` the mean over the batch's four flips."""
+        if self.tta != "flips":
+            return np.asarray(self.model.predict_on_batch(batch))
+        views = ((), (2,), (1,), (1, 2))  # as is, left-right, up-down, both
+        stacked = np.concatenate([np.flip(batch, axis) if axis else batch for axis in views])
+        out = np.asarray(self.model.predict_on_batch(stacked)).reshape(len(views), len(batch), *batch.shape[1:3], -1)
+        return np.mean([np.flip(part, axis) if axis else part for part, axis in zip(out, views, strict=True)], axis=0)
 
     def probability(self, pixels: np.ndarray, factor: float = 1.0) -> np.ndarray:
         """Foreground probability ``H×W`` (``H×W×C`` for several classes) at the image's own size.

@@ -190,6 +190,7 @@ def train_segmentation(
         "batch_size": cfg.evaluate.batch_size,
         "multiple": cfg.model.multiple(),
         "min_size": cfg.evaluate.min_size,
+        "tta": cfg.evaluate.tta,
         "threshold": 0.5,
         "input_scale": _training_scale(dataset.splits["train"]),
         "best_epoch": state.get("best_epoch"),

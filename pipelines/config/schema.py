@@ -326,6 +326,9 @@ class SegEvalConfig:
         overlap: Fraction of a tile shared with its neighbour.
         batch_size: Tiles per forward pass.
         min_size: Remove predicted components smaller than this many pixels (0 keeps all).
+        tta: Test-time augmentation: ``none``, or ``flips`` (each batch also predicted flipped
+            left-right, up-down and both, flipped back and averaged: 4× the inference cost).
+            Recorded in ``run.json``; validation, test and every later ``segment`` use it.
     """
 
     threshold: str = "0.5"
@@ -333,6 +336,7 @@ class SegEvalConfig:
     overlap: float = 0.5
     batch_size: int = 16
     min_size: int = 0
+    tta: str = "none"
 
 
 def _seg_train_default() -> TrainConfig:

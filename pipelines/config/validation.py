@@ -32,6 +32,7 @@ _TRAINING_CHOICES = {
 _SEG_CHOICES = {
     "data.kind": names.SEG_DATA_KINDS,
     "data.mode": names.SEG_MODES,
+    "evaluate.tta": names.SEG_TTA,
     "data.augment": names.AUGMENT_PRESETS,
     "model.architecture": model_names.SEG_ARCHITECTURES,
     "model.backbone": model_names.ENCODER_NAMES,

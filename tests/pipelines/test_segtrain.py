@@ -300,3 +300,28 @@ def test_interrupted_segmentation_run_resumes_like_an_uninterrupted_one(seg_phan
     np.testing.assert_allclose([float(r[key]) for r in second], [float(r[key]) for r in first], atol=1e-4)
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())["test"]["pooled"]
     assert resumed["dice"] == pytest.approx(whole.metrics["dice"], abs=1e-4)
+
+
+def test_flip_test_time_augmentation_averages_the_four_flips(tiny_seg_run, phantom_dir, tmp_path):
+    import shutil
+
+    from medlens.pipelines.config import load_config
+    from medlens.pipelines.errors import ConfigError
+    from medlens.pipelines.imaging import read_image
+    from medlens.pipelines.seg_model import SegModel
+
+    assert json.loads((tiny_seg_run / "run.json").read_text())["tta"] == "none"  # the default, recorded
+    run = tmp_path / "run"
+    shutil.copytree(tiny_seg_run, run)
+    state = json.loads((run / "run.json").read_text())
+    state["tta"] = "flips"
+    (run / "run.json").write_text(json.dumps(state))
+    plain = SegModel(tiny_seg_run)
+    flipped = SegModel(run, model=plain.model)
+    pixels = read_image(sorted((phantom_dir / "lesion").iterdir())[0]).pixels
+    expected = np.mean([np.flip(plain.probability(np.ascontiguousarray(np.flip(pixels, axis))), axis) if axis
+                        else plain.probability(pixels) for axis in ((), (1,), (0,), (0, 1))], axis=0)
+    assert np.abs(flipped.probability(pixels) - expected).max() < 1e-5  # float32 resizes of flipped copies
+    assert np.abs(flipped.probability(pixels) - plain.probability(pixels)).max() > 1e-3  # the small U-Net is not flip-invariant
+    with pytest.raises(ConfigError, match=r"evaluate.tta.*'rotations'.*none, flips"):
+        load_config({"task": "segmentation", "data": {"kind": "drive", "root": "x"}, "evaluate": {"tta": "rotations"}})

@@ -202,6 +202,8 @@ def _layers(files: _Files, case: str, folder: Path, row: dict[str, Any], shape: 
             layer["insertion_auc"] = row.get(f"{slug}_insertion_auc")
         if row.get(f"{slug}_pointing") not in (None, ""):
             layer["pointing"] = row.get(f"{slug}_pointing")
+        if row.get(f"{slug}_stability") not in (None, ""):
+            layer["stability"] = row.get(f"{slug}_stability")
         layers.append(layer)
     return layers
 

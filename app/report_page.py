@@ -137,6 +137,7 @@ function show(id) {
   for (const l of c.layers) {
     let note = l.deletion_auc !== undefined ? ` — deletion AUC ${Number(l.deletion_auc).toFixed(3)}, insertion AUC ${Number(l.insertion_auc).toFixed(3)}` : "";
     if (l.pointing !== undefined) note += ` — peak ${Number(l.pointing) ? "inside" : "outside"} the given mask`;
+    if (l.stability !== undefined) note += ` — max-sensitivity ${Number(l.stability).toFixed(3)} (lower is steadier)`;
     out += `<figure><div class="stack"><img src="${c.original}" alt="original" width="${c.width}" height="${c.height}"><img class="layer" src="${l.src}" alt="${l.name}" style="opacity:0.45"></div><figcaption>${l.name}${note}</figcaption></figure>`;
   }
   out += "</div>";

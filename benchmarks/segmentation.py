@@ -177,6 +177,10 @@ def drive_table(report: dict[str, Any]) -> list[str]:
     for name, values in PEERS:
         lines.append(f"| {name} (published) | | | {values.get('auc', '')} | {values.get('dice', '')} | "
                      f"{values.get('accuracy', '')} | | | |")
+    extra = sorted({o for row in report["models"].values() for o in row["overrides"]
+                    if not o.startswith(("train.", "data.patches_per_image", "model.architecture", "model.init_weights"))})
+    if extra:
+        lines.insert(1, f"Settings beyond the `fundus-vessels` preset, for every model: {', '.join(extra)}.")
     human = next((r["second_observer"] for r in report["models"].values() if r.get("second_observer")), None)
     if human:
         lines.append(f"| second human observer | | | | {human['dice']:.4f} | {human['accuracy']:.4f} | "
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="drive,speed,lgg,scale",
                         help="drive (U-Net and GAN on DRIVE), speed (batch segmentation), lgg (brain-tumour-seg), "
                              "scale (DRIVE test images at 1.7×, with and without --match-scale)")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides added to every DRIVE model, e.g. evaluate.tta=flips")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
     args = parser.parse_args(argv)
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"train.phase1.epochs={args.epochs // 2}", "model.architecture=gan",
                          f"model.init_weights={args.runs_dir / 'unet'}", "train.phase1.learning_rate=0.0005",
                          f"train.early_stopping_patience={max(4, args.epochs // 4)}"]
-        report["models"][name] = train_one(name, overrides, args.runs_dir, data, reuse=args.reuse)
+        report["models"][name] = train_one(name, [*overrides, *args.extra], args.runs_dir, data, reuse=args.reuse)
         _say(f"{name}: {report['models'][name]['test_pooled']}")
     if "lgg" in parts:
         _say("training brain-tumour-seg …")

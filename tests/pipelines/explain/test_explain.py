@@ -259,6 +259,12 @@ def test_explain_command_scores_road_and_stability(tiny_run, phantom_dir, tmp_pa
                                samples=8, seed=0)[0]
     # Written with 4 decimals (±5e-5); the rest is float32 noise between batch compositions.
     assert float(row["gradcam_stability"]) == pytest.approx(expected, abs=1e-4)
+    # The report shows it beside each map.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    (case,) = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])["cases"]
+    assert {layer["name"]: float(layer["stability"]) for layer in case["layers"]} == {
+        "Grad-CAM": float(row["gradcam_stability"]), "LIME": float(row["lime_stability"])}
 
 
 def test_parse_methods():

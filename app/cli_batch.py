@@ -78,6 +78,12 @@ def _explain_options(args: argparse.Namespace, methods: str | None):
     for name in ("samples", "segments", "steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.ig_baseline not in ("black", "blur"):  # a file: read it now, so a bad one fails before any work
+        from medlens.pipelines.imaging import read_image
+
+        if not Path(args.ig_baseline).is_file():
+            raise ConfigError(f"--ig-baseline {args.ig_baseline}: not black, blur or an image file")
+        read_image(args.ig_baseline)
     if not 0 < args.occlusion_window <= 1:
         raise ConfigError(f"--occlusion-window must be in (0, 1], got {args.occlusion_window}")
     return ExplainOptions(
@@ -219,7 +225,9 @@ def add_explain_arguments(p: argparse.ArgumentParser) -> None:
                         "(8 draws; lower is steadier)")
     g.add_argument("--masks", help="folder of lesion masks named like the images: adds the pointing game")
     g.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients: points of the path integral")
-    g.add_argument("--ig-baseline", default="black", choices=("black", "blur"), help="Integrated Gradients: baseline")
+    g.add_argument("--ig-baseline", default="black", metavar="black|blur|FILE",
+                   help="Integrated Gradients: baseline, black, the blurred image, or an image file (e.g. a healthy "
+                        "reference)")
     g.add_argument("--occlusion-window", type=float, default=0.125,
                    help="occlusion: window side as a fraction of the image's longer side")
     g.add_argument("--findings", default="positive", metavar="positive|all|NAME,...",

@@ -87,11 +87,23 @@ def build_map_method(method: str, model: Any, options: ExplainOptions, preproces
         raise ConfigError(f"{method} has no batched map object (LIME and Kernel SHAP explain image by image)")
     settings = {"smoothgrad": {"samples": options.smoothgrad_samples, "noise": options.smoothgrad_noise,
                                "seed": options.seed},
-                "ig": {"steps": options.ig_steps, "baseline": options.ig_baseline, "preprocess": preprocess},
+                "ig": {"steps": options.ig_steps, "baseline": _ig_baseline(options.ig_baseline, model, preprocess),
+                       "preprocess": preprocess},
                 "occlusion": {"window": options.occlusion_window, "fill": options.occlusion_fill,
                               "preprocess": preprocess}}
     sizes = {} if batch_size is None else {"batch_size": int(batch_size)}
     return _CAMS[method](model, options.target_layer, **settings.get(method, {}), **sizes)
+
+
+def _ig_baseline(baseline: str, model: Any, preprocess: Any) -> str | np.ndarray:
+    """``black``/``blur`` as named, or the image file given, at the model's input size and model-ready."""
+    if baseline in ("black", "blur"):
+        return baseline
+    from medlens.pipelines.data.images import prepare_image
+
+    size = tuple(int(v) for v in model.input_shape[1:3])
+    pixels = prepare_image(read_image(baseline).pixels, size)[None]
+    return np.asarray(preprocess(pixels) if preprocess is not None else pixels / np.float32(255.0), np.float32)[0]
 
 
 def build_superpixel_method(method: str, predict_fn: Any, options: ExplainOptions) -> Any:

@@ -79,7 +79,8 @@ class ExplainOptions:
         findings: Multi-label runs: explain the ``positive`` findings of each image, ``all``,
             or the comma-separated names given.
         ig_steps: Integrated Gradients: points of the path integral.
-        ig_baseline: Integrated Gradients: ``black`` or ``blur``.
+        ig_baseline: Integrated Gradients: ``black``, ``blur``, or an image file (resized to the
+            model's input, e.g. a healthy reference scan).
         smoothgrad_samples: SmoothGrad: noisy copies per image.
         smoothgrad_noise: SmoothGrad: noise sd as a fraction of the image's value range.
         occlusion_window: Occlusion: window side as a fraction of the image's longer side.

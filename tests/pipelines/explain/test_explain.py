@@ -267,6 +267,40 @@ def test_explain_command_scores_road_and_stability(tiny_run, phantom_dir, tmp_pa
         "Grad-CAM": float(row["gradcam_stability"]), "LIME": float(row["lime_stability"])}
 
 
+def test_integrated_gradients_from_a_given_baseline_image(tiny_run, phantom_dir, tmp_path, capsys):
+    from medlens.pipelines.data.images import prepare_image
+    from medlens.pipelines.explain.saliency import IntegratedGradients
+    from medlens.pipelines.imaging import read_image
+    from medlens.pipelines.predictors import Predictor
+
+    image = sorted((phantom_dir / "lesion").iterdir())[0]
+    reference = sorted((phantom_dir / "no_lesion").iterdir())[0]  # e.g. a healthy reference scan
+    maps = {}
+    for baseline in ("black", str(reference)):
+        out = tmp_path / Path(baseline).stem
+        assert main(["explain", str(tiny_run), str(image), "--method", "ig", "--ig-baseline", baseline,
+                     "--out", str(out)]) == 0
+        (row,) = _rows(out / "predictions.csv")
+        maps[baseline] = np.load(out / row["ig_map"])
+    predictor = Predictor(tiny_run)
+    batch = predictor.preprocess(predictor.resize([read_image(image).pixels]))
+    given = predictor.preprocess(prepare_image(read_image(reference).pixels, batch.shape[1:3])[None])[0]
+    target = predictor.class_names.index(row["explained_class"])
+    expected = IntegratedGradients(predictor.model, steps=32, baseline=given, preprocess=predictor.preprocess)(
+        batch, class_index=target).maps[0]
+    np.testing.assert_allclose(maps[str(reference)], expected, atol=1e-5)  # the file, resized and preprocessed
+    assert np.abs(maps[str(reference)] - maps["black"]).max() > 0.05
+    capsys.readouterr()
+    (tmp_path / "notes.txt").write_text("not an image")
+    for baseline, message in ((str(tmp_path / "nowhere.png"), "not black, blur or an image file"),
+                              (str(tmp_path / "notes.txt"), "notes.txt")):
+        assert main(["explain", str(tiny_run), str(image), "--method", "ig", "--ig-baseline", baseline,
+                     "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_parse_methods():
     assert parse_methods("gradcam, Grad-CAM++ ,lime,gradcam") == ("gradcam", "gradcam++", "lime")
     assert parse_methods("SHAP,kernel-shap,occlusion,Layer-CAM,hirescam") == ("kernelshap", "occlusion", "layercam",

@@ -137,43 +137,38 @@ def _label_reader(rows: list[dict[str, str]], cfg: DataConfig) -> tuple[Callable
     when there is one) or the names seen, sorted.
     """
     column = cfg.column("label")
-    raw = [(row.get(column) or "").strip() for row in rows]
-    given = [value for value in raw if value]
+    given = [value for value in ((row.get(column) or "").strip() for row in rows) if value]
     try:
         numbers = [int(value) for value in given]
     except ValueError:
         numbers = None
     if numbers is not None:
-        if cfg.class_names:
-            class_names = list(cfg.class_names)
-        else:
-            count = max([n for n in numbers if n >= 0], default=-1) + 1
-            class_names = _named_indices(rows, cfg, count)
+        count = max([n for n in numbers if n >= 0], default=-1) + 1
+        class_names = list(cfg.class_names) if cfg.class_names else _named_indices(rows, cfg, count)
 
-        def label_of(row: dict[str, str]) -> int:
-            value = (row.get(column) or "").strip()
-            if not value:
-                raise ValueError(f"empty {column!r}")
+        def parse(value: str) -> int:
             number = int(value)
             if number < 0:
                 raise ValueError(f"negative label {number} in {column!r}")
             if number >= len(class_names):
                 raise ValueError(f"label {number} but only {len(class_names)} class_names (0..{len(class_names) - 1})")
             return number
+    else:
+        class_names = list(cfg.class_names) if cfg.class_names else sorted(set(given))
+        index = {name: i for i, name in enumerate(class_names)}
 
-        return label_of, class_names
-    class_names = list(cfg.class_names) if cfg.class_names else sorted(set(given))
-    index = {name: i for i, name in enumerate(class_names)}
+        def parse(value: str) -> int:
+            if value not in index:
+                raise ValueError(f"label {value!r} is not one of class_names ({', '.join(class_names)})")
+            return index[value]
 
-    def name_of(row: dict[str, str]) -> int:
+    def label_of(row: dict[str, str]) -> int:
         value = (row.get(column) or "").strip()
         if not value:
             raise ValueError(f"empty {column!r}")
-        if value not in index:
-            raise ValueError(f"label {value!r} is not one of class_names ({', '.join(class_names)})")
-        return index[value]
+        return parse(value)
 
-    return name_of, class_names
+    return label_of, class_names
 
 
 def _named_indices(rows: list[dict[str, str]], cfg: DataConfig, count: int) -> list[str]:

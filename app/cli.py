@@ -49,6 +49,10 @@ log = logging.getLogger("medlens")
 
 
 # Commands that never start a deep-learning backend (they stay fast).
+
+_MATCH_FIELD = ("predict each image on the part of it that matches the run's training images (by pixel spacing, else "
+                "the fundus field of view: cropped or padded), explanation maps put back at the image's own size")
+
 def cmd_train(args: argparse.Namespace) -> int:
     quiet_backend()
     from medlens.pipelines.config import load_config
@@ -218,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep results for inputs unchanged since the last run into --out (by content hash)")
     p.add_argument("--explain", metavar="METHODS",
                    help=f"explain every prediction: {', '.join(METHODS)} (comma-separated)")
+    p.add_argument("--match-scale", action="store_true", help=_MATCH_FIELD)
     add_explain_arguments(p)
     p.set_defaults(func=cmd_predict)
 
@@ -256,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanity-limit", type=int, default=16, help="--sanity: at most this many images")
     p.add_argument("--fail-at", type=float, default=0.5,
                    help="--sanity: a method fails when its Spearman correlation after full randomisation is at least this")
+    p.add_argument("--match-scale", action="store_true", help=_MATCH_FIELD)
     add_explain_arguments(p)
     p.set_defaults(func=cmd_explain)
 

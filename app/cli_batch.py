@@ -136,7 +136,8 @@ def _run_predictions(args: argparse.Namespace, explain, default_folder: str, des
     with progress_bar(len(files), desc) as bar:
         result = predict_paths(args.run, args.inputs, out, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=bar.update, predictor=predictor,
-                               explain=explain, resume=args.resume, shard=shard, expanded=expanded)
+                               explain=explain, resume=args.resume, shard=shard, expanded=expanded,
+                               match_scale=args.match_scale)
     print(f"{len(result.rows)} prediction(s) → {result.table}"
           + (f" ({result.kept} file(s) unchanged since the last run, kept)" if result.kept else ""))
     if result.volumes:

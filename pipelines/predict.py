@@ -25,6 +25,7 @@ from medlens.pipelines.inference.batch import BatchResult, BatchWork, earlier_ro
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.predictors import Predictor, load_predictor
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, prepare_output_dir
+from medlens.pipelines.scale import field_box, field_pixels, require_scale
 from medlens.pipelines.shards import shard_folder
 from medlens.pipelines.tasks import task_of_run
 
@@ -49,6 +50,7 @@ def predict_paths(
     flush_every: int = 20,
     shard: tuple[int, int] | None = None,
     expanded: tuple[list[Path], list[tuple[str, str]]] | None = None,
+    match_scale: bool = False,
 ) -> BatchResult:
     """Predict every image under ``inputs`` and write ``predictions.csv`` and ``errors.csv``.
 
@@ -76,15 +78,24 @@ def predict_paths(
             (see :mod:`medlens.pipelines.shards`; ``medlens merge`` joins the shards).
         expanded: ``expand_inputs(inputs)`` already computed by the caller (the CLI sizes its
             progress bar with it), so the inputs are walked once.
+        match_scale: predict each image on the part of it that shows what a training image showed
+            (:func:`~medlens.pipelines.scale.field_box`: the run's training scale by pixel spacing,
+            else the fundus field of view), explanation maps put back in the image's own frame;
+            rows gain ``scale`` and ``scale_method``.
+
+    Raises:
+        ConfigError: ``match_scale`` with a run that recorded no training scale.
     """
     predictor = predictor or load_predictor(run_dir)
+    scale = require_scale(predictor.run.root, predictor.state.get("input_scale"), field=True) if match_scale else None
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     if explainer is not None:
         explainer.retarget(out)
     elif explain is not None:
         explainer = Explainer(predictor, explain, out)
     files, errors = expand_inputs(inputs) if expanded is None else (list(expanded[0]), list(expanded[1]))
-    work = _PredictWork(out, predictor, explainer, errors, batch_size=batch_size, flush_every=flush_every)
+    work = _PredictWork(out, predictor, explainer, errors, batch_size=batch_size, flush_every=flush_every,
+                        scale=scale)
     return run_batch(work, files, errors, shard=shard, resume=resume, progress=progress)
 
 
@@ -94,12 +105,13 @@ class _PredictWork(BatchWork):
     command = "predict"
 
     def __init__(self, out: Path, predictor: Predictor, explainer: Explainer | None, errors: list[tuple[str, str]],
-                 *, batch_size: int, flush_every: int) -> None:
+                 *, batch_size: int, flush_every: int, scale: dict[str, Any] | None = None) -> None:
         super().__init__(out)
         self.predictor, self.explainer, self.errors = predictor, explainer, errors
         self.explain = explainer.options if explainer is not None else None
         self.batch_size, self.flush_every = batch_size, flush_every
-        self.header = ["path", "frame", "sha256", *predictor.columns()]
+        self.scale = scale  # --match-scale: the run's training scale
+        self.header = ["path", "frame", "sha256", *predictor.columns(), *(["scale", "scale_method"] if scale else [])]
         if self.explain is not None:
             self.header += predictor.explain_columns(self.explain)
         self.layout = layout(self.header, predictor.explain_file_columns(self.explain) if self.explain else [],
@@ -110,7 +122,7 @@ class _PredictWork(BatchWork):
         self.files: list[Path] = []  # the cases reached, in input order
 
     def earlier(self) -> dict[str, list[dict[str, Any]]]:
-        return _previous_rows(self.out, self.explain, self.layout)
+        return _previous_rows(self.out, self.explain, self.layout, self.scale is not None)
 
     def keep(self, case: Any, rows: list[dict[str, Any]], digests: Mapping[str, str]) -> bool:
         self.files.append(case)
@@ -120,6 +132,9 @@ class _PredictWork(BatchWork):
         self.files.append(case)
         self.digests.update(digests)
         for record in read_records([case], errors):
+            if self.scale is not None:
+                record.meta["field_box"], factor, method = field_box(record, self.scale)
+                record.meta["scale"] = {"scale": round(factor, 4), "scale_method": method}
             self.pending.append(record)
             if len(self.pending) >= self.batch_size:
                 self._flush()
@@ -145,7 +160,7 @@ class _PredictWork(BatchWork):
                 reason = f"explanation failed: {getattr(exc, 'reason', exc)}".splitlines()[0]
                 self.errors.extend((r.path if r.frame is None else f"{r.path}#{r.frame}", reason) for r in pending)
         if probabilities is None:
-            probabilities = predictor.predict_pixels([r.pixels for r in pending])
+            probabilities = predictor.predict_pixels([field_pixels(r) for r in pending])
         for record, probs, fields in zip(pending, probabilities, extra, strict=True):
             row: dict[str, Any] = {
                 "path": record.path,
@@ -153,6 +168,7 @@ class _PredictWork(BatchWork):
                 "sha256": self.digests.get(record.path, ""),
             }
             row.update(predictor.fields(probs))
+            row.update(record.meta.get("scale", {}))
             row.update(fields)
             self.rows.append(row)
         pending.clear()
@@ -163,7 +179,8 @@ class _PredictWork(BatchWork):
         order = {str(path): index for index, path in enumerate(self.files)}
         rows.sort(key=lambda r: (order.get(str(r["path"]), len(order)), int(r["frame"] or 0)))
         table = atomic_write_csv(self.out / "predictions.csv", header, ([r.get(h, "") for h in header] for r in rows))
-        _write_json(self.out, self.predictor, self.explain, self.explainer, rows, self.errors, self.layout)
+        _write_json(self.out, self.predictor, self.explain, self.explainer, rows, self.errors, self.layout,
+                    match_scale=self.scale is not None)
         return table
 
     def finish(self) -> Path:
@@ -208,10 +225,12 @@ def volume_rows(predictor: Predictor, rows: list[dict[str, Any]], files: list[Pa
     return out
 
 
-def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLayout) -> dict[str, list[dict[str, Any]]]:
+def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLayout,
+                   match_scale: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Rows of an earlier ``predictions.json`` in ``out`` whose explanation files still exist, by input path.
 
-    Rows explained with other methods than now are not reused (their columns would be missing).
+    Rows explained with other methods than now, or made with(out) ``--match-scale`` when this batch
+    is not, are not reused (their columns or their pixels differ).
     The earlier folder's recorded layout says which columns name files; a folder written before
     layouts were recorded is read with this run's layout.
     """
@@ -225,7 +244,7 @@ def _previous_rows(out: Path, explain: ExplainOptions | None, current: OutputLay
     if not isinstance(earlier, dict):
         return {}
     methods = sorted((earlier.get("explain") or {}).get("methods") or [])
-    if methods != sorted(explain.methods if explain else []):
+    if methods != sorted(explain.methods if explain else []) or bool(earlier.get("match_scale")) != match_scale:
         return {}
     return earlier_rows(out, current, earlier.get("rows", []), earlier)
 
@@ -237,11 +256,13 @@ def layout(header: list[str], file_columns: list[str], result_columns: list[str]
 
 
 def _write_json(out: Path, predictor: Predictor, explain: ExplainOptions | None, explainer: Explainer | None,
-                rows: list[dict[str, Any]], errors: list[tuple[str, str]], written: OutputLayout) -> None:
+                rows: list[dict[str, Any]], errors: list[tuple[str, str]], written: OutputLayout, *,
+                match_scale: bool = False) -> None:
     atomic_write_json(out / "predictions.json", {
         "layout": written.to_json(),
         "run": str(predictor.run.root.resolve()),
         "task": task_of_run(predictor.state, predictor.run.root).name,
+        "match_scale": match_scale,
         "inputs_relative_to": str(Path.cwd()),
         **predictor.summary(),
         "explain": None if explainer is None else {

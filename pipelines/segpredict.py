@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from medlens.pipelines.dicom_results import write_dicom_seg
-from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.errors import MedlensError
 from medlens.pipelines.explain.overlay import mask_overlay, save_png
 from medlens.pipelines.explain.segmentation import MaskExplainer, segmentation_methods
 from medlens.pipelines.imaging import ImageRecord
@@ -63,7 +63,7 @@ from medlens.pipelines.inference.batch import (
 from medlens.pipelines.inference.inputs import expand_inputs, read_records
 from medlens.pipelines.inference.masks import binarize, mask_stats, postprocess
 from medlens.pipelines.rundir import atomic_write_csv, atomic_write_json, file_sha256, prepare_output_dir
-from medlens.pipelines.scale import scale_factor
+from medlens.pipelines.scale import require_scale, scale_factor
 from medlens.pipelines.seg_model import SegModel
 from medlens.pipelines.shards import shard_folder
 from medlens.pipelines.volumes import (
@@ -207,10 +207,8 @@ def segment_paths(
         RunDirError: Not a finished segmentation run, or ``out_dir`` is not empty.
     """
     model = model or SegModel(run_dir)
-    if match_scale and not (model.input_scale and (model.input_scale.get("pixel_spacing_mm")
-                                                   or model.input_scale.get("fov_diameter_px"))):
-        raise ConfigError(f"{model.run.root}: the run recorded no training scale (no pixel spacing, no field of "
-                          "view in its images, or trained before medlens recorded it); --match-scale needs one")
+    if match_scale:
+        require_scale(model.run.root, model.input_scale)
     threshold = model.threshold if threshold is None else float(threshold)
     out = prepare_output_dir(shard_folder(out_dir, shard), overwrite=overwrite or resume)
     methods = segmentation_methods(explain)

@@ -37,7 +37,7 @@ from medlens.pipelines.data import (
     SegmentationSequence,
     load_seg_dataset,
 )
-from medlens.pipelines.errors import ConfigError, MedlensError
+from medlens.pipelines.errors import ConfigError
 from medlens.pipelines.evaluation.segmentation_run import (
     choose_seg_threshold,
     evaluate_segmentation,
@@ -46,6 +46,7 @@ from medlens.pipelines.evaluation.segmentation_run import (
     write_seg_model_card,
 )
 from medlens.pipelines.rundir import RunDir
+from medlens.pipelines.scale import source_scale
 from medlens.pipelines.seg_model import SegModel, encoder_preprocess
 
 __all__ = ["train_segmentation"]
@@ -192,7 +193,7 @@ def train_segmentation(
         "min_size": cfg.evaluate.min_size,
         "tta": cfg.evaluate.tta,
         "threshold": 0.5,
-        "input_scale": _training_scale(dataset.splits["train"]),
+        "input_scale": source_scale([sample.image_path for sample in dataset.splits["train"]]),
         "best_epoch": state.get("best_epoch"),
         "best_monitor": {cfg.train.monitor: state.get("best")},
         "epochs_run": int(state.get("epochs_done", 0)),
@@ -219,21 +220,5 @@ def train_segmentation(
     metrics = evaluate_segmentation(run.root, "test", model=seg_model, dataset=dataset, cfg=cfg)
     write_seg_model_card(run.root)
     return TrainResult(run.root, metrics["pooled"], run_state["epochs_run"], time.time() - started)
-
-
-def _training_scale(samples: list[Any]) -> dict[str, Any]:
-    """The training images' pixel spacing and FOV diameter (see :mod:`medlens.pipelines.scale`)."""
-    from medlens.pipelines.imaging import read_image
-    from medlens.pipelines.scale import training_scale
-
-    def images() -> Any:
-        for sample in samples:
-            try:
-                record = read_image(sample.image_path)
-            except MedlensError:
-                continue  # training read it; a file gone since is not this summary's business
-            yield record.pixels, record.spacing
-
-    return training_scale(images())
 
 

@@ -35,6 +35,7 @@ from medlens.pipelines.distribute import Distribution, cluster_failure, setup_di
 from medlens.pipelines.errors import ConfigError, RunDirError
 from medlens.pipelines.frozen import FeatureSequence, cached_features, split_frozen
 from medlens.pipelines.rundir import RunDir
+from medlens.pipelines.scale import source_scale
 from medlens.pipelines.tasks import task_named
 from medlens.pipelines.training.callbacks import restore_rng_state, save_model
 from medlens.pipelines.training.phases import (
@@ -281,6 +282,7 @@ def train_classifier(cfg: RunConfig, run: RunDir, resume_state: dict[str, Any] |
         "resumed": resume,
         "distribution": distribution.describe(),
         "data_report": dataset.report,
+        "input_scale": source_scale(dataset.splits["train"]),  # for predict --match-scale
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -57,6 +57,7 @@ from medlens.pipelines.explain.robustness import max_sensitivity, road_scores
 from medlens.pipelines.explain.saliency import IntegratedGradients, Occlusion, SmoothGrad, VanillaGradient
 from medlens.pipelines.imaging import ImageRecord, read_image
 from medlens.pipelines.inference import content_digest, output_stem
+from medlens.pipelines.scale import field_pixels, to_input_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from medlens.pipelines.predictors import Predictor
@@ -187,7 +188,7 @@ class Explainer:
             (see :func:`column_names`) per record, plus a ``"details"`` entry for the
             JSON output (LIME's and Kernel SHAP's superpixel weights and top regions).
         """
-        resized = self.predictor.resize([r.pixels for r in records])
+        resized = self.predictor.resize([field_pixels(r) for r in records])  # the matched field (--match-scale)
         model_batch = self.predictor.preprocess(resized)
         probabilities, cam_results = self._cams(model_batch)
         targets = self.predictor.explain_targets(probabilities, self.chosen)
@@ -329,11 +330,11 @@ class Explainer:
         """Overlay PNG at the original size, the map as .npy, and the map's summary fields (named ``key_*``)."""
         slug = METHODS[method]
         height, width = record.pixels.shape[:2]
-        full = resize_map(saliency, (height, width))
+        full = to_input_frame(resize_map(saliency, saliency.shape[:2]), record)
         if method in SUPERPIXEL:
             overlay = signed_overlay(record.pixels, full, alpha=min(1.0, self.options.alpha + 0.2))
-            segments = cv2.resize(item["_sp_segments"].astype(np.int32), (width, height),
-                                  interpolation=cv2.INTER_NEAREST)
+            segments = to_input_frame(item["_sp_segments"].astype(np.float32) + 1, record,
+                                      cv2.INTER_NEAREST).astype(np.int32) - 1  # -1: outside the matched field
             details = item["details"][key]
             _outline_regions(overlay, segments, details["top_negative"], _RED)
             _outline_regions(overlay, segments, details["top_positive"], _GREEN)
@@ -348,8 +349,9 @@ class Explainer:
         if method in SUPERPIXEL and item.get(f"_sp_peak_{key}") is not None:
             # Centre of the strongest superpixel, mapped to the original image.
             model_row, model_col = item[f"_sp_peak_{key}"]
-            row = min(height - 1, int((model_row + 0.5) * height / saliency.shape[0]))
-            col = min(width - 1, int((model_col + 0.5) * width / saliency.shape[1]))
+            top, left, box_height, box_width = record.meta.get("field_box") or (0, 0, height, width)
+            row = min(height - 1, max(0, top + int((model_row + 0.5) * box_height / saliency.shape[0])))
+            col = min(width - 1, max(0, left + int((model_col + 0.5) * box_width / saliency.shape[1])))
         fields: dict[str, Any] = {
             f"{key}_overlay": overlay_path.relative_to(self.out_dir).as_posix(),
             f"{key}_map": map_path.relative_to(self.out_dir).as_posix(),

@@ -98,8 +98,11 @@ def training_scale(images: Iterable[tuple[np.ndarray, tuple[float, float] | None
     }
 
 
-def scale_factor(record: ImageRecord, scale: dict[str, Any]) -> tuple[float, str]:
+def scale_factor(record: ImageRecord, scale: dict[str, Any], *,
+                 circle: tuple[float, tuple[float, float]] | None = None) -> tuple[float, str]:
     """The resampling factor that brings ``record`` to the training scale, and how it was found.
+
+    ``circle``: the record's :func:`fov_circle`, when the caller has it (else found here if needed).
 
     Returns:
         ``(factor, method)``: factor > 1 enlarges; method ``spacing``, ``fov`` or ``none``
@@ -110,9 +113,9 @@ def scale_factor(record: ImageRecord, scale: dict[str, Any]) -> tuple[float, str
     if trained_spacing and record.spacing:
         factor, method = float(np.mean(record.spacing)) / float(trained_spacing), "spacing"
     elif trained_fov:
-        diameter = fov_diameter(record.pixels)
-        if diameter is not None:
-            factor, method = float(trained_fov) / diameter, "fov"
+        circle = circle or fov_circle(record.pixels)
+        if circle is not None:
+            factor, method = float(trained_fov) / circle[0], "fov"
     if not 1.0 / MAX_FACTOR <= factor <= MAX_FACTOR:
         log.warning("%s: scale factor %.2f (by %s) is implausible; predicting at the input's own scale",
                     record.path, factor, method)
@@ -165,13 +168,14 @@ def field_box(record: ImageRecord, scale: dict[str, Any]) -> tuple[tuple[int, in
         (method ``none``) or the run recorded no training image size.
     """
     size = scale.get("image_size_px")
-    factor, method = scale_factor(record, scale)
+    by_spacing = bool(scale.get("pixel_spacing_mm") and record.spacing)
+    circle = None if by_spacing or not scale.get("fov_diameter_px") else fov_circle(record.pixels)
+    factor, method = scale_factor(record, scale, circle=circle)
     if method == "none" or not size:
         return None, 1.0, "none"
     height, width = (max(1, round(float(v) / factor)) for v in size)
-    circle = fov_circle(record.pixels) if method == "fov" else None
     rows, columns = record.pixels.shape[:2]
-    centre = circle[1] if circle else ((rows - 1) / 2.0, (columns - 1) / 2.0)
+    centre = circle[1] if method == "fov" and circle else ((rows - 1) / 2.0, (columns - 1) / 2.0)
     top, left = round(centre[0] - (height - 1) / 2.0), round(centre[1] - (width - 1) / 2.0)
     return (int(top), int(left), int(height), int(width)), factor, method
 

@@ -129,6 +129,8 @@ def _with_calibration(metrics: dict[str, Any], raw: np.ndarray, calibrated: np.n
                       labels: np.ndarray) -> dict[str, Any]:
     metrics["ece"] = round(calibration.expected_calibration_error(calibrated, labels), 6)
     metrics["ece_uncalibrated"] = round(calibration.expected_calibration_error(raw, labels), 6)
+    # What a perfectly calibrated model with these confidences would score on this many images.
+    metrics["ece_floor"] = round(calibration.ece_floor(calibrated), 6)
     return metrics
 
 
@@ -184,6 +186,9 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"- Probabilities are temperature-scaled (T = {_fmt(state.get('temperature'))}, fitted on validation): "
         f"test ECE {_fmt(test.get('ece'))} (uncalibrated {_fmt(test.get('ece_uncalibrated'))}). Calibration "
         "holds for data like the validation split, not necessarily for other sites.",
+        *([f"- On {test.get('n')} test images even a perfectly calibrated model would show an ECE of about "
+           f"{_fmt(test['ece_floor'])} (sampling noise in 15 confidence bins): an ECE near it cannot be told from "
+           "perfect calibration."] if test.get("ece_floor") is not None else []),
         "",
     ]
     from medlens.pipelines.evaluation.runs import finish_card

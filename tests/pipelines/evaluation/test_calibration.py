@@ -9,6 +9,8 @@ import pytest
 
 from medlens.pipelines.evaluation.calibration import (
     apply_temperature,
+    ece_floor,
+    ece_floor_draws,
     expected_calibration_error,
     fit_temperature,
 )
@@ -84,3 +86,30 @@ def test_a_run_stores_its_temperature_and_predictions_use_it(tiny_run, phantom_d
     assert np.all(got >= np.minimum(low, high) - slack) and np.all(got <= np.maximum(low, high) + slack), (
         got, low, high)
     assert np.abs(got - calibrate(raw_p)).max() < 1e-3  # and the bound is not vacuous
+
+
+def test_ece_floor_is_the_sampling_noise_of_a_perfectly_calibrated_model():
+    # Coin flips called at 0.5 fill one bin: ECE = |accuracy - 0.5| with accuracy ~ Binomial(n, 0.5) / n,
+    # so the floor is sqrt(0.25 / n) * sqrt(2 / pi). With 2,000 draws its Monte Carlo sd is
+    # sqrt(0.25 / n) * sqrt(1 - 2 / pi) / sqrt(2000) (3.4e-4 at n = 400): tolerance 5 sd.
+    for n in (100, 400, 1600):
+        expected = np.sqrt(0.25 / n) * np.sqrt(2 / np.pi)
+        sd = np.sqrt(0.25 / n) * np.sqrt(1 - 2 / np.pi) / np.sqrt(2000)
+        assert ece_floor(np.full((n, 2), 0.5), draws=2000) == pytest.approx(expected, abs=5 * sd)
+    # Certain and right: no noise at all. Deterministic for a seed, different across seeds.
+    assert ece_floor(np.tile([[0.0, 1.0]], (50, 1))) == 0.0
+    probs, _ = _overconfident(300, 4)
+    assert ece_floor(probs) == ece_floor(probs) != ece_floor(probs, seed=1)
+    # Labels truly drawn from the probabilities score about the floor; the overconfident labels score above it.
+    draws = ece_floor_draws(probs, draws=500)
+    assert draws.min() >= 0 and np.percentile(draws, 95) > np.mean(draws)
+    calibrated, labels = _overconfident(300, 4)
+    assert expected_calibration_error(calibrated, labels) > np.percentile(ece_floor_draws(calibrated, 500), 99)
+
+
+def test_a_run_reports_its_ece_floor_beside_its_ece(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    card = (tiny_run / "model_card.md").read_text()
+    floor = metrics["test"]["ece_floor"]
+    assert 0 < floor < 0.5
+    assert f"an ECE of about {floor:.3f}" in card and f"On {metrics['test']['n']} test images" in card

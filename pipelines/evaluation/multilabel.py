@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from medlens.pipelines.evaluation.calibration import expected_calibration_error
+from medlens.pipelines.evaluation.calibration import ece_floor, expected_calibration_error
 from medlens.pipelines.evaluation.classification import bootstrap_ci, choose_threshold
 
 __all__ = ["choose_thresholds", "multilabel_metrics", "positive_findings"]
@@ -70,12 +70,15 @@ def _finding(truth: np.ndarray, scores: np.ndarray, threshold: float, ci: bool, 
     predicted = scores >= threshold
     tp, fp = int(np.sum(predicted & (truth == 1))), int(np.sum(predicted & (truth == 0)))
     fn, tn = positives - tp, negatives - fp
+    pair = np.stack([1 - scores, scores], axis=1)
     item: dict[str, Any] = {
         "n": int(truth.size), "positives": positives, "prevalence": _ratio(positives, truth.size),
         "threshold": threshold, "auc": None, "auc_ci95": None, "average_precision": None,
         "sensitivity": _ratio(tp, positives), "specificity": _ratio(tn, negatives),
         "precision": _ratio(tp, tp + fp), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "ece": round(expected_calibration_error(np.stack([1 - scores, scores], axis=1), truth), 6) if truth.size else None,
+        "ece": round(expected_calibration_error(pair, truth), 6) if truth.size else None,
+        # What a perfectly calibrated finding with these scores would show on this many images.
+        "ece_floor": round(ece_floor(pair), 6) if truth.size else None,
     }
     if positives and negatives:
         item["auc"] = float(roc_auc_score(truth, scores))
@@ -101,7 +104,7 @@ def multilabel_metrics(labels: Any, probs: Any, findings: Sequence[str], thresho
 
     Returns:
         ``{"n", "findings": {name: {n, positives, prevalence, threshold, auc, auc_ci95,
-        average_precision, sensitivity, specificity, precision, tp, fp, tn, fn, ece[, note]}},
+        average_precision, sensitivity, specificity, precision, tp, fp, tn, fn, ece, ece_floor[, note]}},
         "macro_auc", "micro_auc", "mean_average_precision", "auc_findings", "exact_match"}``.
     """
     labels, probs = np.asarray(labels, np.float64), np.asarray(probs, np.float64)

@@ -101,7 +101,7 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         f"findings with positives, micro AUC {fmt(test.get('micro_auc'))}, mean AP "
         f"{fmt(test.get('mean_average_precision'))}",
         "",
-        "| finding | train +/−/missing | test n | prevalence | AUC (95% CI) | AP | threshold | sensitivity | specificity | ECE |",
+        "| finding | train +/−/missing | test n | prevalence | AUC (95% CI) | AP | threshold | sensitivity | specificity | ECE (floor) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for finding, item in test.get("findings", {}).items():
@@ -111,14 +111,16 @@ def write_multilabel_card(run_dir: str | Path) -> Path:
         lines.append(f"| {finding} | {train} | {item['n']} | {fmt(item.get('prevalence'))} | "
                      f"{auc if item.get('auc') is not None else item.get('note', 'n/a')} | "
                      f"{fmt(item.get('average_precision'))} | {fmt(item.get('threshold'))} | "
-                     f"{fmt(item.get('sensitivity'))} | {fmt(item.get('specificity'))} | {fmt(item.get('ece'))} |")
+                     f"{fmt(item.get('sensitivity'))} | {fmt(item.get('specificity'))} | {fmt(item.get('ece'))} "
+                     f"({fmt(item.get('ece_floor'))}) |")
     lines += [
         "",
         f"Thresholds chosen per finding on validation by {state.get('threshold_method')}.",
         "",
         "## Limits",
         "- Evaluated only on the test split above; other scanners, sites and populations are unknown.",
-        "- Findings with few positives have wide intervals; probabilities are not calibrated (ECE per finding above).",
+        "- Findings with few positives have wide intervals; probabilities are not calibrated (ECE per finding above; "
+        "the floor beside it is what a perfectly calibrated finding would show on this split).",
         "",
     ]
     return finish_card(run, "\n".join(lines))

@@ -20,6 +20,7 @@ from medlens.models.multilabel import MaskedAUC, MaskedBinaryCrossentropy, posit
 from medlens.pipelines.config import load_config
 from medlens.pipelines.data import load_findings
 from medlens.pipelines.errors import ConfigError, DatasetError
+from medlens.pipelines.evaluation.calibration import ece_floor
 from medlens.pipelines.evaluation.multilabel import choose_thresholds, multilabel_metrics
 from medlens.pipelines.explain.localisation import pointing_game
 from medlens.pipelines.phantoms import FINDINGS, write_findings_phantoms
@@ -173,6 +174,9 @@ def test_metrics_per_finding_and_a_finding_without_positives():
     assert a["average_precision"] == pytest.approx(average_precision_score(labels[keep, 0], probs[keep, 0]))
     assert a["auc_ci95"][0] < a["auc"] < a["auc_ci95"][1]
     assert a["tp"] + a["fn"] == a["positives"] and a["tp"] + a["fp"] + a["tn"] + a["fn"] == a["n"]
+    # The calibration floor of the 190 labelled scores, to the 6 decimals written.
+    pair = np.stack([1 - probs[keep, 0], probs[keep, 0]], axis=1)
+    assert a["ece_floor"] == pytest.approx(ece_floor(pair), abs=5e-7) and 0 < a["ece_floor"] < a["ece"]
     c = metrics["findings"]["c"]
     assert c["auc"] is None and c["sensitivity"] is None and "no positive cases" in c["note"]
     assert metrics["auc_findings"] == ["a", "b"]
@@ -219,6 +223,10 @@ def test_trained_run_scores_each_finding_and_its_maps_point_at_it(findings_run, 
         assert test["findings"][finding]["auc"] >= 0.9, (finding, test["findings"][finding])
     card = run.card_path.read_text()
     assert all(f"| {finding} |" in card for finding in FINDINGS)
+    for finding in FINDINGS:  # each finding's ECE beside its floor, in metrics and in the card's row
+        item = test["findings"][finding]
+        assert 0 < item["ece_floor"] < 0.5
+        assert f"| {item['ece']:.3f} ({item['ece_floor']:.3f}) |" in card, finding
 
     fresh = tmp_path / "fresh"
     write_findings_phantoms(fresh, count=100, size=64, seed=11)

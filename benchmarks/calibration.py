@@ -40,7 +40,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 
 from medlens.pipelines.evaluation.calibration import (  # noqa: E402
     apply_temperature,
@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((args.out / "calibration.json").read_text())
         for entry in report["datasets"].values():
             entry["verdict"] = verdict(entry["runs"])
-        write_json(args.out / "calibration.json", report)
-        write_atomic(args.out / "calibration.md", markdown(report))
-        print(markdown(report))
+        print(write_results(args.out, "calibration", report, markdown(report)))
         return 0
     keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
     unknown = [k for k in keys if k not in medmnist.DATASETS]
@@ -216,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     report["total_seconds"] = round(time.time() - started, 1)
     out = args.out.expanduser()
     text = markdown(report)
-    write_json(out / "calibration.json", report)
-    write_atomic(out / "calibration.md", text)
-    print(text)
+    print(write_results(out, "calibration", report, text))
     print(f"wrote {out / 'calibration.json'} and {out / 'calibration.md'} in {report['total_seconds'] / 60:.1f} min")
     return 0
 

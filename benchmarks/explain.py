@@ -47,7 +47,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, median_seconds, write_atomic, write_json  # noqa: E402
+from common import machine_info, median_seconds, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -468,9 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         report["total_seconds"] = round(time.time() - started, 1)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     text = markdown(report)
-    write_json(args.out / f"{stem}.json", report)
-    write_atomic(args.out / f"{stem}.md", text)
-    _say(text)
+    _say(write_results(args.out, stem, report, text))
     _say(f"wrote {args.out / stem}.json and .md")
     return 0
 

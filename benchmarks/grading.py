@@ -34,7 +34,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"seeds": seeds, "machine": machine_info(), "runs": runs,
               "summary": {arm: {k: _stat(records, k) for k in keys} for arm, records in runs.items()}}
     name = "grading_quick" if args.quick else "grading"
-    write_json(args.out / f"{name}.json", report)
-    write_atomic(args.out / f"{name}.md", _markdown(report))
-    print((args.out / f"{name}.md").read_text())
+    print(write_results(args.out, name, report, _markdown(report)))
     return 0
 
 

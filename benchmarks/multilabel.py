@@ -38,7 +38,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 from transfer import _budget_callback, hed_weights  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -186,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"seeds": seeds, "size": args.size, "weights": str(weights), "machine": machine_info(),
               "runs": runs, "summary": {arm: _summary(records) for arm, records in runs.items()}}
     name = "multilabel_quick" if args.quick else "multilabel"
-    write_json(args.out / f"{name}.json", report)
-    write_atomic(args.out / f"{name}.md", _markdown(report))
-    _say((args.out / f"{name}.md").read_text())
+    _say(write_results(args.out, name, report, _markdown(report)))
     return 0
 
 

@@ -54,7 +54,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 from transfer import PRETRAINED as VGG_PRETRAINED  # noqa: E402
 from transfer import SCRATCH, hed_weights  # noqa: E402
 
@@ -362,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                              "fine_tune": FINE_TUNE},
               "pretraining": pretraining, "nih": {"rows": nih_rows}, "kermany200": {"rows": kermany_rows}}
     name = "same_domain_quick" if args.quick else "same_domain"
-    write_json(args.out / f"{name}.json", report)
-    write_atomic(args.out / f"{name}.md", _markdown(report))
-    _say((args.out / f"{name}.md").read_text())
+    _say(write_results(args.out, name, report, _markdown(report)))
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "medlens.app.cli"]
@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for setup, row in report["training"].items():
         lines.append(f"| {setup} | {row['steps_per_s']} | {row['seconds']} | {row['test_auc']:.3f} |")
     text = "\n".join(lines) + "\n"
-    write_json(args.out / "scaleout.json", report)
-    write_atomic(args.out / "scaleout.md", text)
-    print(text)
+    print(write_results(args.out, "scaleout", report, text))
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import hed_weights, machine_info, median_seconds, write_atomic, write_json  # noqa: E402
+from common import hed_weights, machine_info, median_seconds, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -292,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = "segmentation_quick" if args.quick else "segmentation" if "drive" in parts else \
         "segmentation_" + "_".join(sorted(parts))
     text = markdown(report)
-    write_json(args.out / f"{stem}.json", report)
-    write_atomic(args.out / f"{stem}.md", text)
-    _say(text)
+    _say(write_results(args.out, stem, report, text))
     return 0
 
 

@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 from common import hed_weights as common_hed_weights  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -345,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         for entry in old["datasets"].values():
             entry.setdefault("machine", old["machine"])  # files from before machines were kept per dataset
         report["datasets"] = {**old["datasets"], **report["datasets"]}
-    write_json(args.out / f"{name}.json", report)
-    write_atomic(args.out / f"{name}.md", _markdown(report))
-    _say((args.out / f"{name}.md").read_text())
+    _say(write_results(args.out, name, report, _markdown(report)))
     return 0
 
 

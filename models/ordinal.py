@@ -5,7 +5,8 @@ shared by every threshold (CORAL, Cao et al. 2020) and biases that decrease stri
 (``b_k = b_1 - Σ softplus(δ)``), so the cumulative probabilities never increase with ``k``
 for any input and ``P(grade = k) = P(≥ k) - P(≥ k+1)`` is never negative. The loss is the
 sum over thresholds of the binary cross-entropy of ``[grade ≥ k]``; the predicted grade is
-the number of thresholds passed at 0.5 (the loss's own decision rule).
+the number of thresholds passed at 0.5 (the loss's own decision rule), or, when a run chose
+them on validation (``evaluate.grade_cuts``), the number of cut points its expected grade reaches.
 
 Targets may be the grade index ``(B,)`` / ``(B, 1)`` or its one-hot ``(B, K)`` (what the
 classification batches give for K > 2).
@@ -25,7 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["CumulativeHead", "OrdinalCrossentropy", "OrdinalAUC", "decode_grades", "grade_probabilities"]
+__all__ = ["CumulativeHead", "OrdinalCrossentropy", "OrdinalAUC", "decode_grades", "expected_grade",
+           "grade_probabilities"]
 
 _EPSILON = 1e-7
 
@@ -110,6 +112,22 @@ def grade_probabilities(cumulative: Any) -> np.ndarray:
     return np.clip(full[:, :-1] - full[:, 1:], 0.0, 1.0)
 
 
-def decode_grades(cumulative: Any) -> np.ndarray:
-    """The predicted grade: how many ``P(grade ≥ k)`` reach 0.5."""
-    return (np.asarray(cumulative) >= 0.5).sum(axis=1).astype(np.int64)
+def expected_grade(cumulative: Any) -> np.ndarray:
+    """``E[grade] = Σ_k P(grade ≥ k)``: one score per image, in ``[0, K-1]``."""
+    return np.asarray(cumulative, dtype=np.float64).sum(axis=1)
+
+
+def decode_grades(cumulative: Any, cuts: Any = None) -> np.ndarray:
+    """The predicted grade.
+
+    Without ``cuts``: how many ``P(grade ≥ k)`` reach 0.5 (the loss's own rule). With ``cuts``
+    (``K-1`` non-decreasing cut points on :func:`expected_grade`, chosen on validation): how many
+    cut points the expected grade reaches. Either rule is monotone in the head's single score.
+    """
+    if cuts is None:
+        return (np.asarray(cumulative) >= 0.5).sum(axis=1).astype(np.int64)
+    cuts = np.asarray(cuts, dtype=np.float64)
+    values = np.asarray(cumulative)
+    if cuts.shape != (values.shape[1],) or np.any(np.diff(cuts) < 0):
+        raise ValueError(f"expected {values.shape[1]} non-decreasing grade cut points, got {cuts.tolist()}")
+    return np.searchsorted(cuts, expected_grade(values), side="right").astype(np.int64)

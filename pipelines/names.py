@@ -16,6 +16,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "MIXED_PRECISION",
     "THRESHOLD_METHODS",
+    "GRADE_CUTS",
 ]
 
 #: Augmentation presets per modality (:func:`medlens.pipelines.augment.build_augmentation`).
@@ -36,3 +37,6 @@ DISTRIBUTIONS: tuple[str, ...] = ("none", "mirrored", "multi_worker")
 MIXED_PRECISION: tuple[str, ...] = ("none", "mixed_float16", "mixed_bfloat16")
 #: How a binary classifier's threshold is chosen on validation (a number also works).
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity", "0.5")
+#: How an ordinal run turns ``P(grade ≥ k)`` into a grade: the 0.5 rule, or cut points on the expected
+#: grade chosen on validation to maximise accuracy or quadratic weighted kappa.
+GRADE_CUTS: tuple[str, ...] = ("0.5", "accuracy", "qwk")

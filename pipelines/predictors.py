@@ -276,6 +276,8 @@ class OrdinalPredictor(Predictor):
     def __init__(self, run_dir: str | Path, model: keras.Model | None = None):
         super().__init__(run_dir, model=model)
         self.referable = int(self.state.get("referable_grade", 1))
+        # Cut points on the expected grade chosen on validation (evaluate.grade_cuts); None: the 0.5 rule.
+        self.grade_cuts = self.state.get("grade_cuts") or None
 
     def calibrate(self, output: np.ndarray) -> np.ndarray:
         return self.scores(output)
@@ -287,14 +289,14 @@ class OrdinalPredictor(Predictor):
         return values
 
     def label_for(self, probabilities: np.ndarray) -> str:
-        return self.class_names[int(decode_grades(probabilities[None])[0])]
+        return self.class_names[int(decode_grades(probabilities[None], self.grade_cuts)[0])]
 
     def columns(self) -> list[str]:
         return ["label", "grade", *[f"p_{n}" for n in self.class_names],
                 *[f"p_ge_{n}" for n in self.class_names[1:]], "referable", "threshold"]
 
     def fields(self, probabilities: np.ndarray) -> dict[str, Any]:
-        grade = int(decode_grades(probabilities[None])[0])
+        grade = int(decode_grades(probabilities[None], self.grade_cuts)[0])
         row: dict[str, Any] = {"label": self.class_names[grade], "grade": grade}
         row.update({f"p_{n}": round(float(p), 6)
                     for n, p in zip(self.class_names, grade_probabilities(probabilities[None])[0], strict=True)})

@@ -193,9 +193,14 @@ class GradeEvalConfig(EvalConfig):
 
     ``referable`` indexes ``data.class_names`` (DR: 2 = moderate or worse); its threshold on
     ``P(grade ≥ referable)`` is chosen on validation by ``threshold``.
+
+    ``grade_cuts``: ``0.5`` predicts the number of ``P(grade ≥ k)`` that reach 0.5; ``qwk`` or
+    ``accuracy`` choose ``K-1`` cut points on the expected grade ``Σ P(grade ≥ k)`` that maximise
+    that score on validation (the probabilities, the AUCs and the referable call do not change).
     """
 
     referable: int = 2
+    grade_cuts: str = "0.5"
 
 
 @dataclass

@@ -133,6 +133,7 @@ def _validate_ordinal(cfg: OrdinalRunConfig) -> None:
     if grades and grades < 3:
         raise ConfigError(f"config key 'data.class_names' names {grades} grades; an ordinal run needs at least 3 "
                           "(use task: classification for two)")
+    _check_choices(cfg, {"evaluate.grade_cuts": names.GRADE_CUTS})
     if cfg.evaluate.referable < 1 or (grades and cfg.evaluate.referable >= grades):
         raise ConfigError(f"config key 'evaluate.referable' is {cfg.evaluate.referable}; it must be a grade index in "
                           f"1..{(grades - 1) if grades else 'K-1'}")

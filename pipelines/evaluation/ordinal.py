@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from medlens.models.ordinal import decode_grades, grade_probabilities
+from medlens.models.ordinal import decode_grades, expected_grade, grade_probabilities
 
-__all__ = ["ordinal_metrics", "quadratic_weighted_kappa", "qwk_ci"]
+__all__ = ["choose_grade_cuts", "ordinal_metrics", "quadratic_weighted_kappa", "qwk_ci"]
 
 
 def quadratic_weighted_kappa(truth: Any, predicted: Any, grades: int) -> float:
@@ -56,13 +56,74 @@ def qwk_ci(truth: Any, predicted: Any, grades: int, n: int = 1000, seed: int = 0
     return [float(low), float(high)]
 
 
+def _cut_objective(truth: np.ndarray, predicted: np.ndarray, grades: int, objective: str) -> float:
+    if objective == "accuracy":
+        return float(np.mean(truth == predicted))
+    return quadratic_weighted_kappa(truth, predicted, grades)
+
+
+def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, rounds: int = 20) -> list[float] | None:
+    """Cut points on the expected grade that maximise ``objective`` (``qwk`` or ``accuracy``) on these cases.
+
+    The search starts from the cut points that reproduce the 0.5 rule on these cases and moves one
+    cut at a time to the midpoint between two observed scores that scores best, keeping the cuts
+    ordered, until no move helps (coordinate ascent, as the optimised thresholds of DR-grading
+    work). It only accepts strict gains, so on the cases it is given it never scores below the
+    0.5 rule; how much of the gain holds on new cases is for the test split to say.
+
+    Returns:
+        ``K-1`` non-decreasing floats for :func:`~medlens.models.ordinal.decode_grades`, or None
+        when the cases hold fewer than two grades (nothing to choose from).
+    """
+    if objective not in ("qwk", "accuracy"):
+        raise ValueError(f"grade cuts maximise qwk or accuracy, not {objective!r}")
+    truth = np.asarray(grades, np.int64).reshape(-1)
+    values = np.asarray(cumulative, np.float64)
+    count = values.shape[1] + 1
+    if truth.size < 2 or np.unique(truth).size < 2:
+        return None
+    score = expected_grade(values)
+    half = decode_grades(values)
+    # Start: between the cases the 0.5 rule puts below grade k and those it puts at k or above.
+    cuts = []
+    for k in range(1, count):
+        below, above = score[half < k], score[half >= k]
+        if below.size and above.size:
+            cuts.append((below.max() + above.min()) / 2)
+        elif above.size:  # every case at grade k or above: a cut at or below them all
+            cuts.append(min(k - 0.5, float(above.min())))
+        else:  # every case below grade k: a cut above them all
+            cuts.append(max(k - 0.5, float(np.nextafter(below.max(), np.inf))))
+    cuts = np.maximum.accumulate(np.asarray(cuts))
+    observed = np.unique(score)
+    candidates = np.concatenate([[observed[0] - 1.0], (observed[1:] + observed[:-1]) / 2, [observed[-1] + 1.0]])
+    best = _cut_objective(truth, decode_grades(values, cuts), count, objective)
+    for _ in range(rounds):
+        moved = False
+        for k in range(count - 1):
+            low = cuts[k - 1] if k else -np.inf
+            high = cuts[k + 1] if k < count - 2 else np.inf
+            for candidate in candidates[(candidates >= low) & (candidates <= high)]:
+                trial = cuts.copy()
+                trial[k] = candidate
+                value = _cut_objective(truth, decode_grades(values, trial), count, objective)
+                if value > best + 1e-12:
+                    best, cuts, moved = value, trial, True
+        if not moved:
+            break
+    return [round(float(c), 6) for c in cuts]
+
+
 def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b else None
 
 
 def ordinal_metrics(grades: Any, cumulative: Any, names: Sequence[str], *, referable: int, threshold: float | None,
-                    ci: bool = True, seed: int = 0) -> dict[str, Any]:
+                    ci: bool = True, seed: int = 0, cuts: Sequence[float] | None = None) -> dict[str, Any]:
     """Metrics of one split from true grade indices and ``(N, K-1)`` ``P(grade ≥ k)``.
+
+    ``cuts``: the grade cut points chosen on validation (:func:`choose_grade_cuts`); without
+    them the predicted grade is the 0.5 rule.
 
     Returns:
         ``{n, qwk, qwk_ci95, mae, accuracy, confusion_matrix, auc (macro one-vs-rest over grades
@@ -74,7 +135,7 @@ def ordinal_metrics(grades: Any, cumulative: Any, names: Sequence[str], *, refer
     count = len(names)
     if cumulative.shape != (truth.size, count - 1):
         raise ValueError(f"expected {truth.size}×{count - 1} cumulative probabilities, got {cumulative.shape}")
-    predicted = decode_grades(cumulative)
+    predicted = decode_grades(cumulative, cuts)
     probabilities = grade_probabilities(cumulative)
     present = [k for k in range(count) if 0 < np.sum(truth == k) < truth.size]
     aucs = {names[k]: float(roc_auc_score(truth == k, probabilities[:, k])) for k in present}

@@ -17,7 +17,7 @@ import numpy as np
 from medlens.models.backbones import preprocess_function
 from medlens.pipelines.data import ClassificationSequence, Dataset
 from medlens.pipelines.evaluation.classification import choose_threshold
-from medlens.pipelines.evaluation.ordinal import ordinal_metrics
+from medlens.pipelines.evaluation.ordinal import choose_grade_cuts, ordinal_metrics
 from medlens.pipelines.evaluation.runs import (
     backbone_line,
     card_opening,
@@ -55,21 +55,36 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
     threshold = round(choose_threshold((val_grades >= referable).astype(int), val_cumulative[:, referable - 1],
                                        method=cfg.evaluate.threshold,
                                        target_sensitivity=cfg.evaluate.target_sensitivity), 6)
-    state.update(threshold=threshold, threshold_method=cfg.evaluate.threshold, referable_grade=referable)
+    method = getattr(cfg.evaluate, "grade_cuts", "0.5")
+    cuts = None if method == "0.5" else choose_grade_cuts(val_grades, val_cumulative, method)
+    state.update(threshold=threshold, threshold_method=cfg.evaluate.threshold, referable_grade=referable,
+                 grade_cuts=cuts, grade_cuts_method=method if cuts is not None else "0.5")
     run.write_state(state)
     source = dataset.splits[split]
     cumulative = val_cumulative if split == "val" else predict_cumulative(model, source, cfg)
-    metrics = ordinal_metrics(source.labels, cumulative, names, referable=referable, threshold=threshold, seed=cfg.seed)
+    metrics = ordinal_metrics(source.labels, cumulative, names, referable=referable, threshold=threshold, seed=cfg.seed,
+                              cuts=cuts)
     everything = run.read_metrics()
     everything[split] = metrics
     everything["val"] = ordinal_metrics(val_grades, val_cumulative, names, referable=referable, threshold=threshold,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, cuts=cuts)
+    everything["grade_cuts"] = {"method": state["grade_cuts_method"], "cuts": cuts, "of": "E[grade] = Σ P(grade ≥ k)",
+                                "chosen_on": "val" if cuts is not None else None}
     everything["threshold"] = {**threshold_record(threshold, cfg.evaluate.threshold),
                                "of": f"P(grade {metrics['referable']['grade']})"}
     everything["calibration"] = {"method": "none"}
     run.write_metrics(everything)
     log.info("%s: QWK %.3f, accuracy %.3f, macro AUC %s", split, metrics["qwk"], metrics["accuracy"], metrics["auc"])
     return metrics
+
+
+def _decoding_text(state: dict[str, Any]) -> str:
+    cuts = state.get("grade_cuts")
+    if not cuts:
+        return "predicted grade = thresholds passed at 0.5"
+    return (f"predicted grade = cut points reached by E[grade] = Σ P(grade ≥ k), chosen on validation to maximise "
+            f"{'quadratic weighted kappa' if state.get('grade_cuts_method') == 'qwk' else 'accuracy'}: "
+            + ", ".join(f"{c:.3f}" for c in cuts))
 
 
 def write_ordinal_card(run_dir: str | Path) -> Path:
@@ -83,7 +98,7 @@ def write_ordinal_card(run_dir: str | Path) -> Path:
         *card_opening(cfg, run),
         "## Model",
         f"- Task: ordinal grades {' < '.join(state.get('class_names', []))}; cumulative head P(grade ≥ k), "
-        "rank-consistent (shared weights, ordered thresholds), predicted grade = thresholds passed at 0.5",
+        "rank-consistent (shared weights, ordered thresholds), " + _decoding_text(state),
         backbone_line(state, f"{state.get('epochs_run')} epochs, best epoch {state.get('best_epoch')}; Keras "
                              f"{state.get('keras_version')} on {state.get('keras_backend')}"),
         "",

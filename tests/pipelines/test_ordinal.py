@@ -16,10 +16,21 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from medlens.app.cli import main
-from medlens.models.ordinal import CumulativeHead, OrdinalCrossentropy, decode_grades, grade_probabilities
+from medlens.models.ordinal import (
+    CumulativeHead,
+    OrdinalCrossentropy,
+    decode_grades,
+    expected_grade,
+    grade_probabilities,
+)
 from medlens.pipelines.config import load_config
 from medlens.pipelines.errors import ConfigError
-from medlens.pipelines.evaluation.ordinal import ordinal_metrics, quadratic_weighted_kappa, qwk_ci
+from medlens.pipelines.evaluation.ordinal import (
+    choose_grade_cuts,
+    ordinal_metrics,
+    quadratic_weighted_kappa,
+    qwk_ci,
+)
 
 
 def test_cumulative_head_is_rank_consistent_for_any_weights():
@@ -66,11 +77,73 @@ def test_qwk_ci_and_referable_point():
     assert ref["sensitivity"] == pytest.approx(np.mean(noisy[truth >= 2] >= 2))
 
 
+def _coral_cases(n: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grades 0-4 and a CORAL-shaped model whose score is the true grade plus noise, minus ``shift``."""
+    rng = np.random.default_rng(seed)
+    grades = rng.integers(0, 5, n)
+    score = grades + rng.normal(0, 0.35, n) - shift
+    cumulative = 1 / (1 + np.exp(-4 * (score[:, None] - np.arange(1, 5)[None, :] + 0.5)))
+    return grades, cumulative
+
+
+def test_grade_cuts_decode_by_the_expected_grade():
+    cumulative = np.array([[0.9, 0.6, 0.2, 0.1], [0.2, 0.1, 0.0, 0.0]])
+    assert expected_grade(cumulative).round(6).tolist() == [1.8, 0.3]
+    assert decode_grades(cumulative, [0.3, 1.0, 1.8, 3.5]).tolist() == [3, 1]  # reaching a cut passes it
+    assert decode_grades(cumulative, [0.31, 1.9, 2.0, 3.0]).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="4 non-decreasing grade cut points"):
+        decode_grades(cumulative, [1.0, 0.5, 2.0, 3.0])
+    with pytest.raises(ValueError, match="4 non-decreasing"):
+        decode_grades(cumulative, [1.0, 2.0])
+
+
+def test_grade_cuts_chosen_on_validation_undo_a_shifted_model_and_carry_to_new_cases():
+    val_grades, val_cumulative = _coral_cases(300, shift=0.6, seed=0)
+    test_grades, test_cumulative = _coral_cases(2000, shift=0.6, seed=1)
+    # The search starts from the 0.5 rule itself: no move, the same grades on these cases.
+    start = choose_grade_cuts(val_grades, val_cumulative, "accuracy", rounds=0)
+    assert np.array_equal(decode_grades(val_cumulative, start), decode_grades(val_cumulative))
+    half_test = decode_grades(test_cumulative)
+    for objective in ("accuracy", "qwk"):
+        cuts = choose_grade_cuts(val_grades, val_cumulative, objective)
+        assert len(cuts) == 4 and np.all(np.diff(cuts) >= 0)
+        # Never below the 0.5 rule on the cases it was chosen on...
+        chosen, half = decode_grades(val_cumulative, cuts), decode_grades(val_cumulative)
+        if objective == "accuracy":
+            assert np.mean(chosen == val_grades) > np.mean(half == val_grades)
+        else:
+            assert quadratic_weighted_kappa(val_grades, chosen, 5) > quadratic_weighted_kappa(val_grades, half, 5)
+        # ...and the gain holds on 2,000 new cases: the shift of 0.6 grades puts the 0.5 rule one grade low
+        # for most cases (measured accuracy 0.516), the chosen cuts sit near the true boundaries (0.878).
+        predicted = decode_grades(test_cumulative, cuts)
+        assert np.mean(half_test == test_grades) < 0.55 and np.mean(predicted == test_grades) > 0.8
+        assert quadratic_weighted_kappa(test_grades, predicted, 5) > quadratic_weighted_kappa(test_grades, half_test, 5)
+    # An unbiased model loses (almost) nothing to chosen cuts.
+    val_grades, val_cumulative = _coral_cases(300, shift=0.0, seed=2)
+    test_grades, test_cumulative = _coral_cases(2000, shift=0.0, seed=3)
+    cuts = choose_grade_cuts(val_grades, val_cumulative, "qwk")
+    assert (np.mean(decode_grades(test_cumulative, cuts) == test_grades)
+            > np.mean(decode_grades(test_cumulative) == test_grades) - 0.03)
+    # Nothing to choose from one grade; an unknown objective is refused.
+    assert choose_grade_cuts(np.zeros(10, int), val_cumulative[:10], "qwk") is None
+    with pytest.raises(ValueError, match="qwk or accuracy"):
+        choose_grade_cuts(val_grades, val_cumulative, "f1")
+    # metrics use the cuts for every grade-based figure, not for the probabilities.
+    names = [f"g{k}" for k in range(5)]
+    plain = ordinal_metrics(test_grades, test_cumulative, names, referable=2, threshold=0.5, ci=False)
+    cut = ordinal_metrics(test_grades, test_cumulative, names, referable=2, threshold=0.5, ci=False, cuts=cuts)
+    assert cut["auc"] == plain["auc"] and cut["referable"] == plain["referable"]
+    assert cut["accuracy"] == pytest.approx(np.mean(decode_grades(test_cumulative, cuts) == test_grades))
+
+
 def test_ordinal_config_errors():
     with pytest.raises(ConfigError, match="'evaluate.referable' is 5"):
         load_config("fundus-grading", ["evaluate.referable=5"])
     with pytest.raises(ConfigError, match="needs at least 3"):
         load_config("fundus-grading", ["data.class_names=[a, b]", "evaluate.referable=1"])
+    with pytest.raises(ConfigError, match="evaluate.grade_cuts"):
+        load_config("fundus-grading", ["evaluate.grade_cuts=median"])
+    assert load_config("fundus-grading", ["evaluate.grade_cuts=qwk"]).evaluate.grade_cuts == "qwk"
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +220,51 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
         frame = body["frames"][0]
         assert frame["grade"] == int(rows[0]["grade"]) and frame["label"] == rows[0]["label"]
         assert frame["p_referable"] == pytest.approx(float(rows[0]["p_ge_grade2"]))
+    keras.backend.clear_session()
+
+
+@pytest.mark.slow
+def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictions(grading_run, shared_data, tmp_path):
+    import shutil
+
+    from medlens.pipelines.evaluation.ordinal_run import evaluate_ordinal_run
+    from medlens.pipelines.imaging import read_npz
+    from medlens.pipelines.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(grading_run, run_dir)  # the module's run stays on the 0.5 rule
+    before = RunDir(run_dir).read_metrics()
+    cfg = load_config(RunDir(run_dir).read_config(), ["evaluate.grade_cuts=qwk"])
+    test = evaluate_ordinal_run(run_dir, cfg=cfg)
+    run = RunDir(run_dir)
+    state, metrics = run.read_state(), run.read_metrics()
+    cuts = state["grade_cuts"]
+    assert state["grade_cuts_method"] == "qwk" and len(cuts) == 4 and np.all(np.diff(cuts) >= 0)
+    assert metrics["grade_cuts"] == {"method": "qwk", "cuts": cuts, "of": "E[grade] = Σ P(grade ≥ k)",
+                                     "chosen_on": "val"}
+    # Chosen to maximise validation QWK, starting from the 0.5 rule: never below it there.
+    assert metrics["val"]["qwk"] >= before["val"]["qwk"] - 1e-12
+    # The probabilities do not change: AUCs and the referable call are the 0.5 run's.
+    assert test["auc"] == pytest.approx(before["test"]["auc"]) and test["referable"] == before["test"]["referable"]
+    from medlens.pipelines.evaluation.ordinal_run import write_ordinal_card
+
+    assert "chosen on validation to maximise quadratic weighted kappa" in write_ordinal_card(run_dir).read_text()
+
+    images, _ = read_npz(shared_data / "medmnist" / "retinamnist.npz")["test"]
+    folder = tmp_path / "fundus"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"eye{i:02d}.png"), cv2.cvtColor(np.asarray(images[i]), cv2.COLOR_RGB2BGR))
+    assert main(["predict", str(run_dir), str(folder), "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open(encoding="utf-8")))
+    assert len(rows) == 12
+    for row in rows:
+        cumulative = np.array([[float(row[f"p_ge_{n}"]) for n in state["grades"][1:]]])
+        assert int(row["grade"]) == int(decode_grades(cumulative, cuts)[0])  # the run's cuts, not the 0.5 rule
+    from medlens.pipelines.predictors import OrdinalPredictor
+
+    probe = np.array([0.45, 0.3, 0.2, 0.1])  # the 0.5 rule says grade 0; E[grade] = 1.05
+    assert OrdinalPredictor(run_dir).fields(probe)["grade"] == int(np.searchsorted(cuts, 1.05, side="right"))
     keras.backend.clear_session()
 
 

@@ -89,11 +89,32 @@ def _print_train_result(result: Any) -> None:
     print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs, {result.seconds:.0f} s)")
 
 
+def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
+    """Change ``evaluate.*`` keys of a run's ``config.yaml`` (validated first), before it is evaluated again.
+
+    Only how the run is evaluated may change (threshold method, grade cuts, TTA, ...): the model, its
+    data and its training stay what they were.
+    """
+    from medlens.pipelines.config import config_to_dict, load_config
+
+    wrong = [item for item in overrides if not item.split("=", 1)[0].strip().startswith("evaluate.") or "=" not in item]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: evaluate changes only evaluate.KEY=VALUE settings of a run "
+                          "(train a new run to change anything else)")
+    config = run.read_config()
+    cfg = load_config(config, list(overrides))
+    config["evaluate"] = config_to_dict(cfg)["evaluate"]
+    run.write_config(config)
+    print(f"{run.config_path}: " + ", ".join(item.strip() for item in overrides))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.pipelines.rundir import RunDir
     from medlens.pipelines.tasks import task_of_run
 
     run = RunDir(args.run).require()
+    if args.overrides:
+        _set_evaluate_keys(run, args.overrides)
     quiet_backend()
     for heading, metrics in task_of_run(run.read_state(), run.root).evaluate(args.run, args.split):
         print_metrics(metrics, heading)
@@ -210,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run on a split; updates metrics.json and plots")
     p.add_argument("run", help="run directory")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("overrides", nargs="*", metavar="evaluate.KEY=VALUE",
+                   help="change how the run is evaluated, saved to its config.yaml first "
+                        "(e.g. evaluate.grade_cuts=qwk, evaluate.threshold=sensitivity)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict images, folders, DICOM or NIfTI files with a run")

@@ -224,19 +224,27 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictions(grading_run, shared_data, tmp_path):
+def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictions(grading_run, shared_data, tmp_path,
+                                                                                   capsys):
     import shutil
 
-    from medlens.pipelines.evaluation.ordinal_run import evaluate_ordinal_run
     from medlens.pipelines.imaging import read_npz
     from medlens.pipelines.rundir import RunDir
 
     run_dir = tmp_path / "run"
     shutil.copytree(grading_run, run_dir)  # the module's run stays on the 0.5 rule
     before = RunDir(run_dir).read_metrics()
-    cfg = load_config(RunDir(run_dir).read_config(), ["evaluate.grade_cuts=qwk"])
-    test = evaluate_ordinal_run(run_dir, cfg=cfg)
+    # `evaluate` changes only evaluate.* keys, validated, and says so in one line.
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "train.phase1.epochs=9"]) == 2
+    assert "evaluate changes only evaluate.KEY=VALUE settings" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir), "evaluate.grade_cuts=median"]) == 2
+    assert "evaluate.grade_cuts" in capsys.readouterr().err
+    assert RunDir(run_dir).read_config()["evaluate"].get("grade_cuts", "0.5") == "0.5"
+    assert main(["evaluate", str(run_dir), "evaluate.grade_cuts=qwk"]) == 0
     run = RunDir(run_dir)
+    assert run.read_config()["evaluate"]["grade_cuts"] == "qwk"
+    test = run.read_metrics()["test"]
     state, metrics = run.read_state(), run.read_metrics()
     cuts = state["grade_cuts"]
     assert state["grade_cuts_method"] == "qwk" and len(cuts) == 4 and np.all(np.diff(cuts) >= 0)
@@ -246,9 +254,7 @@ def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictio
     assert metrics["val"]["qwk"] >= before["val"]["qwk"] - 1e-12
     # The probabilities do not change: AUCs and the referable call are the 0.5 run's.
     assert test["auc"] == pytest.approx(before["test"]["auc"]) and test["referable"] == before["test"]["referable"]
-    from medlens.pipelines.evaluation.ordinal_run import write_ordinal_card
-
-    assert "chosen on validation to maximise quadratic weighted kappa" in write_ordinal_card(run_dir).read_text()
+    assert "chosen on validation to maximise quadratic weighted kappa" in run.card_path.read_text()
 
     images, _ = read_npz(shared_data / "medmnist" / "retinamnist.npz")["test"]
     folder = tmp_path / "fundus"

@@ -92,8 +92,8 @@ def _print_train_result(result: Any) -> None:
 def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
     """Change ``evaluate.*`` keys of a run's ``config.yaml`` (validated first), before it is evaluated again.
 
-    Only how the run is evaluated may change (threshold method, grade cuts, TTA, ...): the model, its
-    data and its training stay what they were.
+    Only how a classifier run is evaluated may change (threshold method, target sensitivity, referable
+    grade, grade cuts): the model, its data and its training stay what they were.
     """
     from medlens.pipelines.config import config_to_dict, load_config
 
@@ -102,6 +102,9 @@ def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
         raise ConfigError(f"{', '.join(wrong)}: evaluate changes only evaluate.KEY=VALUE settings of a run "
                           "(train a new run to change anything else)")
     config = run.read_config()
+    if config.get("task") == "segmentation":
+        raise ConfigError(f"{run.root}: a segmentation run's threshold and TTA are fixed when it is trained "
+                          "(run.json); evaluate it as it is, or train a new run")
     cfg = load_config(config, list(overrides))
     config["evaluate"] = config_to_dict(cfg)["evaluate"]
     run.write_config(config)
@@ -233,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("overrides", nargs="*", metavar="evaluate.KEY=VALUE",
                    help="change how the run is evaluated, saved to its config.yaml first "
-                        "(e.g. evaluate.grade_cuts=qwk, evaluate.threshold=sensitivity)")
+                        "(classifier tasks; e.g. evaluate.grade_cuts=qwk, evaluate.threshold=sensitivity)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict images, folders, DICOM or NIfTI files with a run")

@@ -179,6 +179,32 @@ def test_weights_export_then_fine_tune_from_it(tmp_path, tiny_run, tiny_seg_run,
     assert not list(tmp_path.glob(".*.tmp.weights.h5"))
 
 
+def test_evaluate_changes_only_how_a_classifier_run_is_evaluated(tiny_run, tiny_seg_run, tmp_path, capsys):
+    import shutil
+
+    from medlens.pipelines.rundir import RunDir
+
+    run_dir, seg_dir = tmp_path / "run", tmp_path / "seg"
+    shutil.copytree(tiny_run, run_dir)
+    shutil.copytree(tiny_seg_run, seg_dir)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "evaluate.threshold=sensitivity", "evaluate.target_sensitivity=0.9"]) == 0
+    run = RunDir(run_dir)
+    assert run.read_config()["evaluate"] == {"threshold": "sensitivity", "target_sensitivity": 0.9}
+    metrics, state = run.read_metrics(), run.read_state()
+    assert metrics["threshold"]["method"] == "sensitivity" and state["threshold_method"] == "sensitivity"
+    assert metrics["val"]["sensitivity"] >= 0.9  # the threshold is chosen on validation for that sensitivity
+    seg_config = (seg_dir / "config.yaml").read_bytes()
+    for argv, fragment in (([str(run_dir), "model.dropout=0.1"], "evaluate changes only evaluate.KEY=VALUE"),
+                           ([str(run_dir), "evaluate.threshold=median"], "evaluate.threshold"),
+                           ([str(seg_dir), "evaluate.tta=flips"], "fixed when it is trained")):
+        assert main(["evaluate", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("medlens: error:") and "\n" not in err and fragment in err, err
+    assert run.read_config()["evaluate"]["threshold"] == "sensitivity"
+    assert (seg_dir / "config.yaml").read_bytes() == seg_config
+
+
 def test_console_script_help_and_error_exit(tmp_path):
     script = Path(sys.executable).with_name("medlens")
     assert script.is_file(), "pip install should create the medlens console script"

@@ -146,6 +146,17 @@ def test_ordinal_config_errors():
     assert load_config("fundus-grading", ["evaluate.grade_cuts=qwk"]).evaluate.grade_cuts == "qwk"
 
 
+def _retina_eyes(shared_data: Path, folder: Path, count: int) -> Path:
+    """The first ``count`` RetinaMNIST test images as PNG files ``eye0.png`` … in ``folder``."""
+    from medlens.pipelines.imaging import read_npz
+
+    images, _ = read_npz(shared_data / "medmnist" / "retinamnist.npz")["test"]
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"eye{i}.png"), cv2.cvtColor(np.asarray(images[i]), cv2.COLOR_RGB2BGR))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def grading_run(tmp_path_factory, shared_data) -> Path:
     from medlens.pipelines.train import train
@@ -158,7 +169,6 @@ def grading_run(tmp_path_factory, shared_data) -> Path:
 
 @pytest.mark.slow
 def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsys):
-    from medlens.pipelines.imaging import read_npz
     from medlens.pipelines.rundir import RunDir
 
     run = RunDir(grading_run)
@@ -171,11 +181,7 @@ def test_retina_grading_run_end_to_end(grading_run, shared_data, tmp_path, capsy
     assert test["referable"]["auc"] > 0.7
     assert "quadratic weighted kappa" in run.card_path.read_text()
 
-    images, grades = read_npz(shared_data / "medmnist" / "retinamnist.npz")["test"]
-    folder = tmp_path / "fundus"
-    folder.mkdir()
-    for i in range(6):
-        cv2.imwrite(str(folder / f"eye{i}.png"), cv2.cvtColor(np.asarray(images[i]), cv2.COLOR_RGB2BGR))
+    folder = _retina_eyes(shared_data, tmp_path / "fundus", 6)
     out = tmp_path / "out"
     assert main(["predict", str(grading_run), str(folder), "--out", str(out), "--explain", "gradcam"]) == 0
     rows = list(csv.DictReader((out / "predictions.csv").open(encoding="utf-8")))
@@ -228,7 +234,6 @@ def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictio
                                                                                    capsys):
     import shutil
 
-    from medlens.pipelines.imaging import read_npz
     from medlens.pipelines.rundir import RunDir
 
     run_dir = tmp_path / "run"
@@ -256,11 +261,7 @@ def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictio
     assert test["auc"] == pytest.approx(before["test"]["auc"]) and test["referable"] == before["test"]["referable"]
     assert "chosen on validation to maximise quadratic weighted kappa" in run.card_path.read_text()
 
-    images, _ = read_npz(shared_data / "medmnist" / "retinamnist.npz")["test"]
-    folder = tmp_path / "fundus"
-    folder.mkdir()
-    for i in range(12):
-        cv2.imwrite(str(folder / f"eye{i:02d}.png"), cv2.cvtColor(np.asarray(images[i]), cv2.COLOR_RGB2BGR))
+    folder = _retina_eyes(shared_data, tmp_path / "fundus", 12)
     assert main(["predict", str(run_dir), str(folder), "--out", str(tmp_path / "out")]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open(encoding="utf-8")))
     assert len(rows) == 12

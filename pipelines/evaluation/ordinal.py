@@ -56,6 +56,10 @@ def qwk_ci(truth: Any, predicted: Any, grades: int, n: int = 1000, seed: int = 0
     return [float(low), float(high)]
 
 
+#: Most candidate positions per cut point (midpoints between observed expected grades).
+_MAX_CUT_CANDIDATES = 256
+
+
 def _cut_objective(truth: np.ndarray, predicted: np.ndarray, grades: int, objective: str) -> float:
     if objective == "accuracy":
         return float(np.mean(truth == predicted))
@@ -96,6 +100,8 @@ def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, r
             cuts.append(max(k - 0.5, float(np.nextafter(below.max(), np.inf))))
     cuts = np.maximum.accumulate(np.asarray(cuts))
     observed = np.unique(score)
+    if observed.size > _MAX_CUT_CANDIDATES:  # large validation sets: quantiles keep the search fast
+        observed = np.unique(np.quantile(score, np.linspace(0, 1, _MAX_CUT_CANDIDATES)))
     candidates = np.concatenate([[observed[0] - 1.0], (observed[1:] + observed[:-1]) / 2, [observed[-1] + 1.0]])
     best = _cut_objective(truth, decode_grades(values, cuts), count, objective)
     for _ in range(rounds):

@@ -118,6 +118,9 @@ def test_grade_cuts_chosen_on_validation_undo_a_shifted_model_and_carry_to_new_c
         predicted = decode_grades(test_cumulative, cuts)
         assert np.mean(half_test == test_grades) < 0.55 and np.mean(predicted == test_grades) > 0.8
         assert quadratic_weighted_kappa(test_grades, predicted, 5) > quadratic_weighted_kappa(test_grades, half_test, 5)
+    # A validation set of 2,000 cases searches quantile positions (at most 256 per cut), with the same result.
+    many = choose_grade_cuts(test_grades, test_cumulative, "accuracy")
+    assert np.mean(decode_grades(test_cumulative, many) == test_grades) > 0.8
     # An unbiased model loses (almost) nothing to chosen cuts.
     val_grades, val_cumulative = _coral_cases(300, shift=0.0, seed=2)
     test_grades, test_cumulative = _coral_cases(2000, shift=0.0, seed=3)

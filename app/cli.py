@@ -9,6 +9,7 @@ is instant.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -105,7 +106,7 @@ def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
     if config.get("task") == "segmentation":
         raise ConfigError(f"{run.root}: a segmentation run's threshold and TTA are fixed when it is trained "
                           "(run.json); evaluate it as it is, or train a new run")
-    cfg = load_config(config, list(overrides))
+    cfg = load_config(copy.deepcopy(config), list(overrides))  # the run's other sections stay as written
     config["evaluate"] = config_to_dict(cfg)["evaluate"]
     run.write_config(config)
     print(f"{run.config_path}: " + ", ".join(item.strip() for item in overrides))
@@ -376,10 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may come before or after options (`train CFG --out RUN a.b=1`), so collect strays.
+    # Overrides may come before or after options (`train CFG --out RUN a.b=1`, `evaluate RUN --split val
+    # evaluate.k=v`), so collect strays.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        if (getattr(args, "command", None) in ("train", "evaluate")
+                and all("=" in e and not e.startswith("-") for e in extra)):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -124,7 +124,7 @@ def create_app(run_dir: str | Path, settings: ServiceSettings | None = None) -> 
     def model() -> dict[str, Any]:
         card = engine.run.card_path.read_text() if engine.run.card_path.is_file() else ""
         keys = ("task", "class_names", "findings", "thresholds", "backbone", "architecture", "image_size", "threshold",
-                "temperature", "created", "keras_version")
+                "temperature", "referable_grade", "grade_cuts", "grade_cuts_method", "created", "keras_version")
         return {"run": engine.run.root.name, **{k: engine.state[k] for k in keys if k in engine.state},
                 "model_card": card}
 

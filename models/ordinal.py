@@ -128,6 +128,8 @@ def decode_grades(cumulative: Any, cuts: Any = None) -> np.ndarray:
         return (np.asarray(cumulative) >= 0.5).sum(axis=1).astype(np.int64)
     cuts = np.asarray(cuts, dtype=np.float64)
     values = np.asarray(cumulative)
-    if cuts.shape != (values.shape[1],) or np.any(np.diff(cuts) < 0):
-        raise ValueError(f"expected {values.shape[1]} non-decreasing grade cut points, got {cuts.tolist()}")
-    return np.searchsorted(cuts, expected_grade(values), side="right").astype(np.int64)
+    if cuts.shape != (values.shape[1],) or not np.all(np.isfinite(cuts)) or np.any(np.diff(cuts) < 0):
+        raise ValueError(f"expected {values.shape[1]} finite non-decreasing grade cut points, got {cuts.tolist()}")
+    score = expected_grade(values)
+    # A non-finite score reaches no cut (grade 0), as it passes no threshold under the 0.5 rule.
+    return np.searchsorted(cuts, np.where(np.isfinite(score), score, -np.inf), side="right").astype(np.int64)

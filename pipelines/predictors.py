@@ -315,7 +315,8 @@ class OrdinalPredictor(Predictor):
 
     def summary(self) -> dict[str, Any]:
         return {"class_names": self.class_names, "grades": self.class_names, "threshold": self.threshold,
-                "referable": f"grade ≥ {self.class_names[self.referable]}"}
+                "referable": f"grade ≥ {self.class_names[self.referable]}",
+                "grade_cuts": self.grade_cuts, "grade_cuts_method": self.state.get("grade_cuts_method", "0.5")}
 
     def chosen_targets(self, options: ExplainOptions) -> list[int] | None:
         if options.class_name is None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from medlens.models.ordinal import decode_grades, expected_grade, grade_probabilities
+
+log = logging.getLogger(__name__)
 
 __all__ = ["choose_grade_cuts", "ordinal_metrics", "quadratic_weighted_kappa", "qwk_ci"]
 
@@ -73,7 +76,10 @@ def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, r
     cut at a time to the midpoint between two observed scores that scores best, keeping the cuts
     ordered, until no move helps (coordinate ascent, as the optimised thresholds of DR-grading
     work). It only accepts strict gains, so on the cases it is given it never scores below the
-    0.5 rule; how much of the gain holds on new cases is for the test split to say.
+    0.5 rule; how much of the gain holds on new cases is for the test split to say. The two cuts
+    around a grade that none of these cases has stay at their start, the 0.5 rule's (moving them
+    could only make that grade unreachable: a rare severe grade missing from a small validation
+    split must still be predicted). Cases with non-finite probabilities are left out.
 
     Returns:
         ``K-1`` non-decreasing floats for :func:`~medlens.models.ordinal.decode_grades`, or None
@@ -84,6 +90,8 @@ def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, r
     truth = np.asarray(grades, np.int64).reshape(-1)
     values = np.asarray(cumulative, np.float64)
     count = values.shape[1] + 1
+    finite = np.all(np.isfinite(values), axis=1)
+    truth, values = truth[finite], values[finite]
     if truth.size < 2 or np.unique(truth).size < 2:
         return None
     score = expected_grade(values)
@@ -99,14 +107,20 @@ def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, r
         else:  # every case below grade k: a cut above them all
             cuts.append(max(k - 0.5, float(np.nextafter(below.max(), np.inf))))
     cuts = np.maximum.accumulate(np.asarray(cuts))
+    absent = [g for g in range(count) if not np.any(truth == g)]
+    frozen = {c for g in absent for c in (g - 1, g) if 0 <= c < count - 1}
+    if absent:
+        log.warning("grade cuts: no validation case has grade %s; the cut points around %s keep the 0.5 rule",
+                    ", ".join(map(str, absent)), "it" if len(absent) == 1 else "them")
     observed = np.unique(score)
     if observed.size > _MAX_CUT_CANDIDATES:  # large validation sets: quantiles keep the search fast
         observed = np.unique(np.quantile(score, np.linspace(0, 1, _MAX_CUT_CANDIDATES)))
-    candidates = np.concatenate([[observed[0] - 1.0], (observed[1:] + observed[:-1]) / 2, [observed[-1] + 1.0]])
+    candidates = np.clip(np.concatenate([[observed[0] - 1.0], (observed[1:] + observed[:-1]) / 2,
+                                         [observed[-1] + 1.0]]), 0.0, count - 1.0)
     best = _cut_objective(truth, decode_grades(values, cuts), count, objective)
     for _ in range(rounds):
         moved = False
-        for k in range(count - 1):
+        for k in (k for k in range(count - 1) if k not in frozen):
             low = cuts[k - 1] if k else -np.inf
             high = cuts[k + 1] if k < count - 2 else np.inf
             for candidate in candidates[(candidates >= low) & (candidates <= high)]:
@@ -117,7 +131,7 @@ def choose_grade_cuts(grades: Any, cumulative: Any, objective: str = "qwk", *, r
                     best, cuts, moved = value, trial, True
         if not moved:
             break
-    return [round(float(c), 6) for c in cuts]
+    return [float(c) for c in cuts]  # not rounded: a rounded cut could cross a score it was chosen to split
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -57,6 +57,9 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
                                        target_sensitivity=cfg.evaluate.target_sensitivity), 6)
     method = getattr(cfg.evaluate, "grade_cuts", "0.5")
     cuts = None if method == "0.5" else choose_grade_cuts(val_grades, val_cumulative, method)
+    if method != "0.5" and cuts is None:
+        log.warning("%s: evaluate.grade_cuts=%s needs validation cases of two grades or more; grades are decoded "
+                    "by the 0.5 rule", run.root, method)
     state.update(threshold=threshold, threshold_method=cfg.evaluate.threshold, referable_grade=referable,
                  grade_cuts=cuts, grade_cuts_method=method if cuts is not None else "0.5")
     run.write_state(state)
@@ -68,6 +71,11 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
     everything[split] = metrics
     everything["val"] = ordinal_metrics(val_grades, val_cumulative, names, referable=referable, threshold=threshold,
                                         seed=cfg.seed, cuts=cuts)
+    # Splits scored before keep no stale figures: the threshold and the cuts may have changed since.
+    for other in [name for name in dataset.splits if name not in (split, "val") and name in everything]:
+        everything[other] = ordinal_metrics(dataset.splits[other].labels,
+                                            predict_cumulative(model, dataset.splits[other], cfg), names,
+                                            referable=referable, threshold=threshold, seed=cfg.seed, cuts=cuts)
     everything["grade_cuts"] = {"method": state["grade_cuts_method"], "cuts": cuts, "of": "E[grade] = Σ P(grade ≥ k)",
                                 "chosen_on": "val" if cuts is not None else None}
     everything["threshold"] = {**threshold_record(threshold, cfg.evaluate.threshold),

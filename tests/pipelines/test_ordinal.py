@@ -91,13 +91,17 @@ def test_grade_cuts_decode_by_the_expected_grade():
     assert expected_grade(cumulative).round(6).tolist() == [1.8, 0.3]
     assert decode_grades(cumulative, [0.3, 1.0, 1.8, 3.5]).tolist() == [3, 1]  # reaching a cut passes it
     assert decode_grades(cumulative, [0.31, 1.9, 2.0, 3.0]).tolist() == [1, 0]
-    with pytest.raises(ValueError, match="4 non-decreasing grade cut points"):
+    with pytest.raises(ValueError, match="4 finite non-decreasing grade cut points"):
         decode_grades(cumulative, [1.0, 0.5, 2.0, 3.0])
-    with pytest.raises(ValueError, match="4 non-decreasing"):
+    with pytest.raises(ValueError, match="4 finite non-decreasing"):
         decode_grades(cumulative, [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        decode_grades(cumulative, [0.5, float("nan"), 2.0, 3.0])
+    # A non-finite output reaches no cut: grade 0, as under the 0.5 rule.
+    assert decode_grades(np.array([[np.nan, 0.2, 0.1, 0.0]]), [0.5, 1.5, 2.5, 3.5]).tolist() == [0]
 
 
-def test_grade_cuts_chosen_on_validation_undo_a_shifted_model_and_carry_to_new_cases():
+def test_grade_cuts_chosen_on_validation_undo_a_shifted_model_and_carry_to_new_cases(caplog):
     val_grades, val_cumulative = _coral_cases(300, shift=0.6, seed=0)
     test_grades, test_cumulative = _coral_cases(2000, shift=0.6, seed=1)
     # The search starts from the 0.5 rule itself: no move, the same grades on these cases.
@@ -121,6 +125,20 @@ def test_grade_cuts_chosen_on_validation_undo_a_shifted_model_and_carry_to_new_c
     # A validation set of 2,000 cases searches quantile positions (at most 256 per cut), with the same result.
     many = choose_grade_cuts(test_grades, test_cumulative, "accuracy")
     assert np.mean(decode_grades(test_cumulative, many) == test_grades) > 0.8
+    # A grade no validation case has stays reachable: without grade 4 in validation, moving the last cut
+    # above every score would gain there, and grade 4 would never be predicted again.
+    without_four = val_grades != 4
+    with caplog.at_level(logging.WARNING, logger="medlens.pipelines.evaluation.ordinal"):
+        cuts = choose_grade_cuts(val_grades[without_four], val_cumulative[without_four], "qwk")
+    assert [r.getMessage() for r in caplog.records] == [
+        "grade cuts: no validation case has grade 4; the cut points around it keep the 0.5 rule"]
+    four = test_grades == 4  # this model puts 43 % of grade-4 cases at 4 by the 0.5 rule; the cuts keep that
+    recall = np.mean(decode_grades(test_cumulative[four], cuts) == 4)
+    assert recall > 0.3 and recall >= np.mean(decode_grades(test_cumulative[four]) == 4) - 0.05
+    # Rows with non-finite probabilities are left out of the choice.
+    broken = val_cumulative.copy()
+    broken[0] = np.nan
+    assert np.all(np.isfinite(choose_grade_cuts(val_grades, broken, "qwk")))
     # An unbiased model loses (almost) nothing to chosen cuts.
     val_grades, val_cumulative = _coral_cases(300, shift=0.0, seed=2)
     test_grades, test_cumulative = _coral_cases(2000, shift=0.0, seed=3)
@@ -249,10 +267,15 @@ def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictio
     assert main(["evaluate", str(run_dir), "evaluate.grade_cuts=median"]) == 2
     assert "evaluate.grade_cuts" in capsys.readouterr().err
     assert RunDir(run_dir).read_config()["evaluate"].get("grade_cuts", "0.5") == "0.5"
-    assert main(["evaluate", str(run_dir), "evaluate.grade_cuts=qwk"]) == 0
+    # Overrides may follow --split; scoring val also re-scores the test split scored before (no stale figures).
+    assert main(["evaluate", str(run_dir), "--split", "val", "evaluate.grade_cuts=qwk"]) == 0
     run = RunDir(run_dir)
     assert run.read_config()["evaluate"]["grade_cuts"] == "qwk"
+    rescored = run.read_metrics()["test"]
+    assert main(["evaluate", str(run_dir)]) == 0
     test = run.read_metrics()["test"]
+    for key in ("accuracy", "qwk", "mae", "confusion_matrix"):
+        assert rescored[key] == test[key]
     state, metrics = run.read_state(), run.read_metrics()
     cuts = state["grade_cuts"]
     assert state["grade_cuts_method"] == "qwk" and len(cuts) == 4 and np.all(np.diff(cuts) >= 0)
@@ -274,7 +297,14 @@ def test_grade_cuts_chosen_on_retina_validation_reach_metrics_card_and_predictio
     from medlens.pipelines.predictors import OrdinalPredictor
 
     probe = np.array([0.45, 0.3, 0.2, 0.1])  # the 0.5 rule says grade 0; E[grade] = 1.05
-    assert OrdinalPredictor(run_dir).fields(probe)["grade"] == int(np.searchsorted(cuts, 1.05, side="right"))
+    predictor = OrdinalPredictor(run_dir)
+    assert predictor.fields(probe)["grade"] == int(np.searchsorted(cuts, 1.05, side="right"))
+    assert predictor.summary()["grade_cuts"] == cuts and predictor.summary()["grade_cuts_method"] == "qwk"
+    # Whatever cuts the run holds decide the grade: with these the probe is grade 4, with none grade 0.
+    run.write_state({**state, "grade_cuts": [0.1, 0.2, 0.3, 0.4]})
+    assert OrdinalPredictor(run_dir).fields(probe)["grade"] == 4
+    run.write_state({**state, "grade_cuts": None, "grade_cuts_method": "0.5"})
+    assert OrdinalPredictor(run_dir).fields(probe)["grade"] == 0
     keras.backend.clear_session()
 
 

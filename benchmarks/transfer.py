@@ -27,6 +27,7 @@ Usage (from the repository root)::
     python benchmarks/transfer.py --datasets kermany634 --seeds 0
     python benchmarks/transfer.py --datasets kermany128,kermany224 --merge   # the whole 5,216-image train split
     python benchmarks/transfer.py --datasets kermany224 --arms frozen --merge   # the frozen floor alone
+    python benchmarks/transfer.py --add-runs a/transfer.json b/transfer.json   # seeds run one at a time
     python benchmarks/transfer.py --quick                  # smoke test: 1 seed, 2 epochs a phase
 """
 
@@ -288,6 +289,40 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _add_runs(parser: argparse.ArgumentParser, target: Path, files: list[Path]) -> int:
+    """Join per-seed result files into ``target``: each (dataset, arm) gets the records of every file."""
+    if not target.is_file():
+        parser.error(f"--add-runs: {target} not found (it is the result the runs are added to)")
+    report = json.loads(target.read_text(encoding="utf-8"))
+    collected: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    arm_keys = {label: key for key, label in ARMS.items()}
+    for path in files:
+        try:
+            other = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--add-runs: {path}: cannot read it as JSON ({exc})")
+        for key, entry in other.get("datasets", {}).items():
+            for arm, records in entry["runs"].items():
+                collected.setdefault(key, {}).setdefault(arm, []).extend(
+                    {**record, "machine": entry.get("machine", other.get("machine")), "file": path.name}
+                    for record in records)
+    for key, arms in collected.items():
+        entry = report["datasets"].setdefault(key, {"runs": {}, "summary": {}, "arms": []})
+        for arm, records in arms.items():
+            records.sort(key=lambda record: record["seed"])
+            if [record["seed"] for record in records] != report["seeds"]:
+                parser.error(f"--add-runs: {key} / {arm} has seeds {[r['seed'] for r in records]}, but "
+                             f"{target.name} has seeds {report['seeds']}")
+            entry["runs"][arm] = records
+            entry["summary"][arm] = _summary(records)
+            wanted = arm_keys.get(arm, "scratch")
+            if wanted not in entry["arms"]:
+                entry["arms"] = [name for name in ARMS if name in {*entry["arms"], wanted}]
+        _say(f"{DATASETS[key]['title']}: added {', '.join(arms)} from {len(files)} file(s)")
+    _say(write_results(target.parent, target.stem, report, _markdown(report)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="breast,brain", help=f"comma-separated: {', '.join(DATASETS)}")
@@ -302,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the phase-1 timing with and without the frozen-layer cache (3 + 3 epochs)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other datasets' entries of an existing result file (same seeds)")
+    parser.add_argument("--add-runs", type=Path, nargs="+", metavar="FILE",
+                        help="train nothing: add the arms of these result files (one seed each, e.g. runs made "
+                             "one seed a session with --out elsewhere) to the datasets of --out's transfer.json, "
+                             "whose seeds they must make up together")
     args = parser.parse_args(argv)
+    if args.add_runs:
+        return _add_runs(parser, args.out / "transfer.json", args.add_runs)
     arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
     if not arms or set(arms) - set(ARMS) or ("scratch" in arms and "pretrained" not in arms):
         parser.error(f"--arms: choose from {', '.join(ARMS)}; scratch needs pretrained (got {args.arms!r})")

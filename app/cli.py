@@ -102,10 +102,12 @@ def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: evaluate changes only evaluate.KEY=VALUE settings of a run "
                           "(train a new run to change anything else)")
+    from medlens.pipelines.tasks import task_of_run
+
     config = run.read_config()
-    if config.get("task") == "segmentation":
-        raise ConfigError(f"{run.root}: a segmentation run's threshold and TTA are fixed when it is trained "
-                          "(run.json); evaluate it as it is, or train a new run")
+    fixed = task_of_run(run.read_state(), run.root).evaluate_settings_fixed
+    if fixed:
+        raise ConfigError(f"{run.root}: {fixed}; evaluate it as it is, or train a new run")
     cfg = load_config(copy.deepcopy(config), list(overrides))  # the run's other sections stay as written
     config["evaluate"] = config_to_dict(cfg)["evaluate"]
     run.write_config(config)

@@ -38,6 +38,9 @@ class Task:
     evaluation: tuple[str, str, str] = ("", "", "")
     applier: str = ""
     output_kind: str = ""
+    #: Why ``medlens evaluate RUN evaluate.KEY=VALUE`` cannot change how this task's runs are evaluated
+    #: (empty: it can; the evaluation re-reads ``evaluate.*`` from the run's config).
+    evaluate_settings_fixed: str = ""
 
     # configuration ------------------------------------------------------------------------
     def build_config(self, tree: dict[str, Any]) -> Any:

@@ -15,6 +15,7 @@ class SegmentationTask(Task):
     evaluation = ("medlens.pipelines.evaluation.segmentation_run",
                   "evaluate_segmentation", "write_seg_model_card")
     applier = "medlens.pipelines.seg_model:SegModel"
+    evaluate_settings_fixed = "a segmentation run's threshold and TTA are fixed when it is trained (run.json)"
 
     def describe_model(self, cfg: Any) -> str:
         encoder = "" if cfg.model.backbone == "none" else f", {cfg.model.backbone} encoder ({cfg.model.weights})"

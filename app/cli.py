@@ -90,7 +90,7 @@ def _print_train_result(result: Any) -> None:
     print(f"run directory: {result.run_dir}  ({result.epochs_run} epochs, {result.seconds:.0f} s)")
 
 
-def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
+def _set_evaluate_keys(run: Any, task: Any, overrides: list[str]) -> None:
     """Change ``evaluate.*`` keys of a run's ``config.yaml`` (validated first), before it is evaluated again.
 
     Only how a classifier run is evaluated may change (threshold method, target sensitivity, referable
@@ -102,12 +102,9 @@ def _set_evaluate_keys(run: Any, overrides: list[str]) -> None:
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: evaluate changes only evaluate.KEY=VALUE settings of a run "
                           "(train a new run to change anything else)")
-    from medlens.pipelines.tasks import task_of_run
-
+    if task.evaluate_settings_fixed:
+        raise ConfigError(f"{run.root}: {task.evaluate_settings_fixed}; evaluate it as it is, or train a new run")
     config = run.read_config()
-    fixed = task_of_run(run.read_state(), run.root).evaluate_settings_fixed
-    if fixed:
-        raise ConfigError(f"{run.root}: {fixed}; evaluate it as it is, or train a new run")
     cfg = load_config(copy.deepcopy(config), list(overrides))  # the run's other sections stay as written
     config["evaluate"] = config_to_dict(cfg)["evaluate"]
     run.write_config(config)
@@ -119,10 +116,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medlens.pipelines.tasks import task_of_run
 
     run = RunDir(args.run).require()
+    task = task_of_run(run.read_state(), run.root)
     if args.overrides:
-        _set_evaluate_keys(run, args.overrides)
+        _set_evaluate_keys(run, task, args.overrides)
     quiet_backend()
-    for heading, metrics in task_of_run(run.read_state(), run.root).evaluate(args.run, args.split):
+    for heading, metrics in task.evaluate(args.run, args.split):
         print_metrics(metrics, heading)
     per_image = run.root / f"per_image_{args.split}.csv"
     print(f"metrics: {run.metrics_path}; " + (f"per image: {per_image}" if per_image.is_file()

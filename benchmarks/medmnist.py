@@ -47,7 +47,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from common import machine_info, write_atomic, write_json  # noqa: E402
+from common import ensemble_size_error, machine_info, write_results  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = SCRIPT_DIR / "results"
@@ -303,14 +303,19 @@ def _f(value: Any, digits: int = 3) -> str:
 _AVERAGED = ("auc", "acc", "acc_at_0.5", "ece", "ece_uncalibrated", "seconds", "epochs")
 
 
-def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One method's row from its per-seed records: mean and sample sd of each averaged field."""
-    row: dict[str, Any] = {"seeds": [r["config"]["seed"] for r in records], "per_seed": records,
-                           "binary": records[0]["threshold"] is not None, "ensemble": False}
+def _mean_sd(row: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add to ``row`` the mean and sample sd over ``items`` (seeds, or ensembles) of each averaged field."""
     for field in _AVERAGED:
-        values = [float(r[field]) for r in records if r.get(field) is not None]
+        values = [float(item[field]) for item in items if item.get(field) is not None]
         row[field] = float(np.mean(values)) if values else None
         row[f"{field}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return row
+
+
+def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's row from its per-seed records: mean and sample sd of each averaged field."""
+    row = _mean_sd({"seeds": [r["config"]["seed"] for r in records], "per_seed": records,
+                    "binary": records[0]["threshold"] is not None, "ensemble": False}, records)
     row["thresholds"] = [r["threshold"] for r in records]
     return row
 
@@ -363,15 +368,9 @@ def _ensemble_groups(records: list[dict[str, Any]], outputs: list[dict[str, Any]
     so an ensemble's figure has a spread like every other row (seeds 0-2, 3-5, 6-8: three repeats).
     """
     groups = [_ensemble(records[i:i + size], outputs[i:i + size]) for i in range(0, len(records), size)]
-    row: dict[str, Any] = {"seeds": [r["config"]["seed"] for r in records], "binary": groups[0]["binary"],
-                           "ensemble": True, "group_size": size, "groups": groups}
-    for field in _AVERAGED:
-        values = [float(g[field]) for g in groups if g.get(field) is not None]
-        row[field] = float(np.mean(values)) if values else None
-        row[f"{field}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    row["seconds"] = float(np.mean([g["seconds"] for g in groups]))  # per ensemble, like a seed's row
-    row["epochs"] = float(np.mean([g["epochs"] for g in groups]))
-    return row
+    # seconds and epochs: per ensemble (the sum over its seeds), like a seed's row per seed.
+    return _mean_sd({"seeds": [r["config"]["seed"] for r in records], "binary": groups[0]["binary"],
+                     "ensemble": True, "group_size": size, "groups": groups}, groups)
 
 
 def _pm(row: dict[str, Any], field: str, digits: int = 3) -> str:
@@ -538,10 +537,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--seeds: not a comma-separated list of integers: {args.seeds!r}")
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds: give distinct seeds, e.g. 0,1,2 (got {args.seeds!r})")
-    if args.ensemble_size == 1 or args.ensemble_size < 0 or (
-            args.ensemble_size > 1 and (len(args.seeds) % args.ensemble_size or len(args.seeds) < 2 * args.ensemble_size)):
-        parser.error(f"--ensemble-size {args.ensemble_size}: needs K ≥ 2 and a number of seeds that is a multiple "
-                     f"of K, at least 2K (got {len(args.seeds)} seeds)")
+    if ensemble_size_error(args.ensemble_size, len(args.seeds)):
+        parser.error(ensemble_size_error(args.ensemble_size, len(args.seeds)))
     return args
 
 
@@ -666,14 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.stem}_quick" if args.quick else args.stem
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    markdown = _markdown(report)
-    write_json(json_path, report)
-    write_atomic(md_path, markdown)
+    markdown = write_results(out, stem, report, _markdown(report))
 
     _say("")
     _say(markdown)
-    _say(f"wrote {json_path} and {md_path} in {report['total_seconds'] / 60:.1f} min")
+    _say(f"wrote {out / stem}.json and {out / stem}.md in {report['total_seconds'] / 60:.1f} min")
     return 0
 
 

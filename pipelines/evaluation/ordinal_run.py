@@ -63,19 +63,18 @@ def evaluate_ordinal_run(run_dir: str | Path, *, split: str = "test", model: ker
     state.update(threshold=threshold, threshold_method=cfg.evaluate.threshold, referable_grade=referable,
                  grade_cuts=cuts, grade_cuts_method=method if cuts is not None else "0.5")
     run.write_state(state)
-    source = dataset.splits[split]
-    cumulative = val_cumulative if split == "val" else predict_cumulative(model, source, cfg)
-    metrics = ordinal_metrics(source.labels, cumulative, names, referable=referable, threshold=threshold, seed=cfg.seed,
-                              cuts=cuts)
+    def score(name: str) -> dict[str, Any]:
+        cumulative = val_cumulative if name == "val" else predict_cumulative(model, dataset.splits[name], cfg)
+        return ordinal_metrics(dataset.splits[name].labels, cumulative, names, referable=referable,
+                               threshold=threshold, seed=cfg.seed, cuts=cuts)
+
     everything = run.read_metrics()
-    everything[split] = metrics
-    everything["val"] = ordinal_metrics(val_grades, val_cumulative, names, referable=referable, threshold=threshold,
-                                        seed=cfg.seed, cuts=cuts)
-    # Splits scored before keep no stale figures: the threshold and the cuts may have changed since.
-    for other in [name for name in dataset.splits if name not in (split, "val") and name in everything]:
-        everything[other] = ordinal_metrics(dataset.splits[other].labels,
-                                            predict_cumulative(model, dataset.splits[other], cfg), names,
-                                            referable=referable, threshold=threshold, seed=cfg.seed, cuts=cuts)
+    # The split asked for, validation, and every split scored before: the threshold and the cuts may have
+    # changed since, so no split keeps stale figures.
+    for name in dataset.splits:
+        if name in (split, "val") or name in everything:
+            everything[name] = score(name)
+    metrics = everything[split]
     everything["grade_cuts"] = {"method": state["grade_cuts_method"], "cuts": cuts, "of": "E[grade] = Σ P(grade ≥ k)",
                                 "chosen_on": "val" if cuts is not None else None}
     everything["threshold"] = {**threshold_record(threshold, cfg.evaluate.threshold),
